@@ -1,0 +1,141 @@
+"""Typed experiment configs: preset defaults <- JSON file <- ``key=value`` overrides.
+
+Every field of every config dataclass can be overridden from the command line with a dotted key,
+e.g. ``train.epochs=120 model.n_layers=2 data.num_noise=200``. Unknown keys are errors that name
+the nearest valid key; values are parsed by the field's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from .registry import suggest
+
+
+def _field_types(obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def parse_value(text: str, annotation: Any) -> Any:
+    """Parse ``text`` into a value of ``annotation`` (int, float, bool, str, tuple, Optional, dict)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if text.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return parse_value(text, arg)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError("; ".join(errors))
+    if annotation is bool:
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true/false, got {text!r}")
+    if annotation is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {text!r}") from None
+    if annotation is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"expected a number, got {text!r}") from None
+    if annotation is str or annotation is Any:
+        return text
+    if origin is tuple:
+        parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
+        return tuple(parse_value(p.strip(), args[0]) for p in parts)
+    if origin is dict or annotation is dict:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            raise ValueError(f"expected a JSON object, got {text!r}") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a JSON object, got {text!r}")
+        return value
+    raise ValueError(f"cannot parse a value of type {annotation}")
+
+
+def apply_overrides(config: Any, overrides: list[str]) -> Any:
+    """Return a copy of dataclass ``config`` with ``key=value`` overrides applied (dotted keys)."""
+    config = dataclasses.replace(config)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value (e.g. train.epochs=50)")
+        key, text = item.split("=", 1)
+        set_path(config, key.strip(), text.strip())
+    return config
+
+
+def set_path(config: Any, key: str, text: str) -> None:
+    """Set dotted ``key`` of nested dataclass ``config`` from the string ``text``, in place."""
+    *parents, leaf = key.split(".")
+    target = config
+    for depth, name in enumerate(parents):
+        names = [f.name for f in dataclasses.fields(target)]
+        if name not in names:
+            raise suggest(".".join(parents[: depth + 1]), _all_keys(config), "config key")
+        child = getattr(target, name)
+        if not dataclasses.is_dataclass(child):
+            raise ValueError(f"config key {name!r} has no sub-keys")
+        child = dataclasses.replace(child)
+        setattr(target, name, child)
+        target = child
+    names = [f.name for f in dataclasses.fields(target)]
+    if leaf not in names or dataclasses.is_dataclass(getattr(target, leaf)):
+        raise suggest(key, _all_keys(config), "config key")
+    try:
+        value = parse_value(text, _field_types(target)[leaf])
+    except ValueError as err:
+        raise ValueError(f"bad value for {key}: {err}") from None
+    setattr(target, leaf, value)
+
+
+def _all_keys(config: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += _all_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def to_dict(config: Any) -> dict:
+    """A JSON-able dict of a (nested) config dataclass."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def from_dict(cls: type, data: dict) -> Any:
+    """Rebuild config dataclass ``cls`` from :func:`to_dict` output; unknown keys are errors."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise suggest(key, sorted(names), f"{cls.__name__} key")
+        ann = hints[key]
+        if dataclasses.is_dataclass(ann):
+            value = from_dict(ann, value)
+        elif typing.get_origin(ann) is tuple and isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+__all__ = ["apply_overrides", "dataclass", "field", "from_dict", "parse_value", "set_path", "to_dict"]

@@ -1,0 +1,164 @@
+"""Containers shared by the TinyMem math and language datasets.
+
+Shapes: N training rows, M memorization candidates, T positions (the context length).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..io import atomic_dir
+
+
+@dataclass
+class MemorizationSet:
+    """Sequences to test for memorization.
+
+    The model is prompted with the first ``prefix_len[i]`` tokens of ``prompt_ids[i]`` (the *clean*
+    sequence) and must reproduce ``target_ids[i]`` (the noised or backdoored sequence it was trained
+    on) at positions ``[prefix_len[i], prefix_len[i] + suffix_len)``, clipped to T.
+
+    Attributes:
+        target_ids: [M, T] what memorization reproduces (noised / backdoored rows).
+        prompt_ids: [M, T] the clean twins whose prefixes prompt the model.
+        prefix_len: [M] prompt length of each row.
+        suffix_len: number of tokens that must match (k).
+        group: [M] duplication group g (the row was trained on 10**g times); 0 without duplication.
+    """
+
+    target_ids: torch.Tensor
+    prompt_ids: torch.Tensor
+    prefix_len: torch.Tensor
+    suffix_len: int
+    group: torch.Tensor
+
+    def __post_init__(self) -> None:
+        m = self.target_ids.shape[0]
+        if self.prompt_ids.shape != self.target_ids.shape:
+            raise ValueError("prompt_ids and target_ids must have the same shape")
+        if self.prefix_len.shape != (m,) or self.group.shape != (m,):
+            raise ValueError("prefix_len and group must have one entry per row")
+
+    def __len__(self) -> int:
+        return self.target_ids.shape[0]
+
+    def window_differs(self) -> torch.Tensor:
+        """[M] bool: the target differs from the clean twin inside the scored window.
+
+        Only these rows are memorization *candidates*: elsewhere reproducing the target is plain
+        generalization, not memorization.
+        """
+        t = self.target_ids.shape[1]
+        pos = torch.arange(t)[None, :]  # [1, T]
+        start = self.prefix_len[:, None]
+        in_window = (pos >= start) & (pos < start + self.suffix_len)  # [M, T]
+        return ((self.target_ids != self.prompt_ids) & in_window).any(dim=1)
+
+    def subset(self, index: torch.Tensor) -> MemorizationSet:
+        return MemorizationSet(
+            self.target_ids[index],
+            self.prompt_ids[index],
+            self.prefix_len[index],
+            self.suffix_len,
+            self.group[index],
+        )
+
+
+@dataclass
+class TinyMemData:
+    """A TinyMem training set, its test sets and its memorization candidates.
+
+    Attributes:
+        train_ids: [N, T] the unique training rows (noised rows included).
+        train_copies: [N] how often each row is seen per epoch (duplication groups).
+        test_sets: name -> [n, T] clean held-out rows (one per math task, or "text").
+        memorization: the memorization candidates (noised or backdoored rows and clean twins).
+        pad_id: the padding id (padding is excluded from accuracy and perplexity).
+        info: a JSON-able description (task, variant, trigger, sizes, seed, ...).
+    """
+
+    train_ids: torch.Tensor
+    train_copies: torch.Tensor
+    test_sets: dict[str, torch.Tensor]
+    memorization: MemorizationSet
+    pad_id: int
+    info: dict = field(default_factory=dict)
+
+    @property
+    def context_length(self) -> int:
+        return self.train_ids.shape[1]
+
+    def epoch_indices(self, generator: torch.Generator) -> torch.Tensor:
+        """A shuffled list of row indices for one epoch, each row repeated ``train_copies`` times."""
+        rows = torch.repeat_interleave(torch.arange(len(self.train_ids)), self.train_copies)
+        return rows[torch.randperm(len(rows), generator=generator)]
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``data.safetensors`` + ``data.json`` into ``directory`` (atomically)."""
+        tensors = {
+            "train_ids": self.train_ids,
+            "train_copies": self.train_copies,
+            "mem.target_ids": self.memorization.target_ids,
+            "mem.prompt_ids": self.memorization.prompt_ids,
+            "mem.prefix_len": self.memorization.prefix_len,
+            "mem.group": self.memorization.group,
+        }
+        tensors.update({f"test.{k}": v for k, v in self.test_sets.items()})
+        meta = {
+            "pad_id": self.pad_id,
+            "suffix_len": self.memorization.suffix_len,
+            "test_sets": list(self.test_sets),
+            "info": self.info,
+        }
+        with atomic_dir(directory) as tmp:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "data.safetensors"))
+            (tmp / "data.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TinyMemData:
+        directory = Path(directory)
+        if not (directory / "data.safetensors").is_file():
+            raise FileNotFoundError(f"{directory} holds no TinyMem data (data.safetensors missing)")
+        t = load_file(str(directory / "data.safetensors"))
+        meta = json.loads((directory / "data.json").read_text())
+        mem = MemorizationSet(
+            t["mem.target_ids"], t["mem.prompt_ids"], t["mem.prefix_len"], meta["suffix_len"],
+            t["mem.group"],
+        )
+        tests = {k: t[f"test.{k}"] for k in meta["test_sets"]}
+        return cls(t["train_ids"], t["train_copies"], tests, mem, meta["pad_id"], meta["info"])
+
+
+def duplication_groups(n: int, powers: tuple[int, ...], rng) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split ``n`` rows at random into ``len(powers)`` equal groups; group g is seen 10**powers[g] times.
+
+    Args:
+        n: number of rows (e.g. the noised sequences).
+        powers: the exponents, e.g. (0, 1, 2, 3) for 1, 10, 100 and 1000 copies. Empty = no duplication.
+        rng: a ``numpy.random.Generator``.
+
+    Returns:
+        ``(group, copies)``, both [n] int64: the group exponent and the copy count of each row.
+    """
+    if not powers:
+        return torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long)
+    order = rng.permutation(n)
+    group = torch.empty(n, dtype=torch.long)
+    for g, chunk in enumerate(_split_evenly(order, len(powers))):
+        group[torch.as_tensor(chunk, dtype=torch.long)] = powers[g]
+    return group, 10**group
+
+
+def _split_evenly(items, parts: int) -> list:
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for p in range(parts):
+        end = start + size + (1 if p < extra else 0)
+        out.append(items[start:end])
+        start = end
+    return out
