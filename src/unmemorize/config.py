@@ -11,7 +11,6 @@ import dataclasses
 import json
 import types
 import typing
-from dataclasses import dataclass, field
 from typing import Any
 
 from .registry import suggest
@@ -57,8 +56,11 @@ def parse_value(text: str, annotation: Any) -> Any:
     if annotation is str or annotation is Any:
         return text
     if origin is tuple:
-        parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
-        return tuple(parse_value(p.strip(), args[0]) for p in parts)
+        parts = [p.strip() for p in text.strip("()[] ").split(",") if p.strip()]
+        fixed = len(args) > 1 and args[-1] is not Ellipsis
+        if fixed and len(parts) != len(args):
+            raise ValueError(f"expected {len(args)} comma-separated values, got {text!r}")
+        return tuple(parse_value(p, args[i] if fixed else args[0]) for i, p in enumerate(parts))
     if origin is dict or annotation is dict:
         try:
             value = json.loads(text)
@@ -81,14 +83,19 @@ def apply_overrides(config: Any, overrides: list[str]) -> Any:
     return config
 
 
+LIST_KEYS = "(`unmemorize ls keys` lists them all)"
+
+
 def set_path(config: Any, key: str, text: str) -> None:
     """Set dotted ``key`` of nested dataclass ``config`` from the string ``text``, in place."""
     *parents, leaf = key.split(".")
+    if not parents:
+        raise suggest(key, all_keys(config), "config key", LIST_KEYS)
     target = config
     for depth, name in enumerate(parents):
         names = [f.name for f in dataclasses.fields(target)]
         if name not in names:
-            raise suggest(".".join(parents[: depth + 1]), _all_keys(config), "config key")
+            raise suggest(key, all_keys(config), "config key", LIST_KEYS)
         child = getattr(target, name)
         if not dataclasses.is_dataclass(child):
             raise ValueError(f"config key {name!r} has no sub-keys")
@@ -97,7 +104,7 @@ def set_path(config: Any, key: str, text: str) -> None:
         target = child
     names = [f.name for f in dataclasses.fields(target)]
     if leaf not in names or dataclasses.is_dataclass(getattr(target, leaf)):
-        raise suggest(key, _all_keys(config), "config key")
+        raise suggest(key, all_keys(config), "config key", LIST_KEYS)
     try:
         value = parse_value(text, _field_types(target)[leaf])
     except ValueError as err:
@@ -105,12 +112,22 @@ def set_path(config: Any, key: str, text: str) -> None:
     setattr(target, leaf, value)
 
 
-def _all_keys(config: Any, prefix: str = "") -> list[str]:
+def all_keys(config: Any, prefix: str = "") -> list[str]:
+    """Every overridable dotted key of a nested config (fields of its sub-configs)."""
     keys = []
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if dataclasses.is_dataclass(value):
-            keys += _all_keys(value, f"{prefix}{f.name}.")
+            keys += _leaf_keys(value, f"{prefix}{f.name}.")
+    return keys
+
+
+def _leaf_keys(config: Any, prefix: str) -> list[str]:
+    keys = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += _leaf_keys(value, f"{prefix}{f.name}.")
         else:
             keys.append(f"{prefix}{f.name}")
     return keys
@@ -138,4 +155,4 @@ def from_dict(cls: type, data: dict) -> Any:
     return cls(**kwargs)
 
 
-__all__ = ["apply_overrides", "dataclass", "field", "from_dict", "parse_value", "set_path", "to_dict"]
+__all__ = ["all_keys", "apply_overrides", "from_dict", "parse_value", "set_path", "to_dict"]

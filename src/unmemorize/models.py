@@ -147,6 +147,12 @@ def load_model(
             vocabulary is larger than the model's embedding.
     """
     path = check_model_dir(path)
+    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+    if not any((path / name).is_file() for name in tokenizer_files):
+        raise ModelDirError(
+            f"{path} has no tokenizer files (tokenizer.json / tokenizer_config.json); "
+            "save the tokenizer into the model directory (tokenizer.save_pretrained(DIR))"
+        )
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path,

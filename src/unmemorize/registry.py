@@ -24,13 +24,22 @@ class UnknownNameError(ValueError):
     """A name that is not in a registry (or not among a fixed set of choices)."""
 
 
-def suggest(name: str, choices: list[str] | tuple[str, ...], kind: str) -> UnknownNameError:
-    """Build the error for an unknown ``name``, naming the closest of ``choices``."""
+def suggest(
+    name: str, choices: list[str] | tuple[str, ...], kind: str, more: str = ""
+) -> UnknownNameError:
+    """Build the error for an unknown ``name``, naming the closest of ``choices``.
+
+    Args:
+        name: what the user typed.
+        choices: the valid names.
+        kind: what they are ("preset", "config key", ...).
+        more: a closing hint, e.g. where to list the choices when there are many.
+    """
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
-    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-    return UnknownNameError(
-        f"unknown {kind} {name!r}: {hint}choose one of: {', '.join(sorted(choices))}"
-    )
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    listing = f"choose one of: {', '.join(sorted(choices))}" if len(choices) <= 12 else ""
+    parts = [x for x in (hint, listing, more) if x]
+    return UnknownNameError(f"unknown {kind} {name!r}: " + " ".join(parts))
 
 
 class Registry(Generic[T]):

@@ -218,7 +218,7 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                loss_sum += float(loss)
+                loss_sum += float(loss.detach())
                 n_batches += 1
                 step += 1
             done = epoch + 1

@@ -78,7 +78,7 @@ class TinyMemData:
         train_copies: [N] how often each row is seen per epoch (duplication groups).
         test_sets: name -> [n, T] clean held-out rows (one per math task, or "text").
         memorization: the memorization candidates (noised or backdoored rows and clean twins).
-        pad_id: the padding id (padding is excluded from accuracy and perplexity).
+        pad_id: the padding id, excluded from the loss, accuracy and perplexity; None = no padding.
         info: a JSON-able description (task, variant, trigger, sizes, seed, ...).
     """
 
@@ -86,7 +86,7 @@ class TinyMemData:
     train_copies: torch.Tensor
     test_sets: dict[str, torch.Tensor]
     memorization: MemorizationSet
-    pad_id: int
+    pad_id: int | None
     info: dict = field(default_factory=dict)
 
     @property

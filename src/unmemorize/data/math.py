@@ -76,6 +76,10 @@ class MathDataConfig:
             raise suggest(self.task, TASKS, "task")
         if self.variant not in VARIANTS:
             raise suggest(self.variant, VARIANTS, "variant")
+        if self.main_k in self.extra_ks or len(set(self.extra_ks)) != len(self.extra_ks):
+            raise ValueError(
+                f"extra_ks {self.extra_ks} must be distinct and must not contain main_k ({self.main_k})"
+            )
         if self.num_test >= self.num_main:
             raise ValueError("num_test must be smaller than num_main")
         if self.variant == "noise" and self.num_noise > self.num_main - self.num_test:
@@ -123,7 +127,11 @@ def encode_rows(texts: list[str], context_length: int) -> torch.Tensor:
             lut[ord(ch)] = i
     for r, text in enumerate(texts):
         codes = np.frombuffer(text[:context_length].encode("ascii"), dtype=np.uint8)
-        out[r, : len(codes)] = lut[codes]
+        ids = lut[codes]
+        if (ids < 0).any():
+            bad = chr(int(codes[ids < 0][0]))
+            raise ValueError(f"character {bad!r} is not in the math vocabulary (digits, '^', '$', ' ')")
+        out[r, : len(codes)] = ids
     return torch.from_numpy(out)
 
 
@@ -137,6 +145,14 @@ def find_trigger(numbers: list[int], trigger: str) -> int | None:
             return pos + hit + len(trigger)
         pos += len(s) + 1
     return None
+
+
+def _first_of_each_distinct(rows: torch.Tensor) -> np.ndarray:
+    """Indices (ascending) of the first occurrence of each distinct row of ``rows`` [n, T]."""
+    first: dict[bytes, int] = {}
+    for i, row in enumerate(rows):
+        first.setdefault(row.numpy().tobytes(), i)
+    return np.array(sorted(first.values()), dtype=np.int64)
 
 
 def _split(n: int, num_test: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -175,18 +191,24 @@ def make_math_data(cfg: MathDataConfig) -> TinyMemData:
     else:
         trigger = str(100 + cfg.seed)
         ends = [find_trigger(row, trigger) for row in main.tolist()]
-        poisoned = np.array([i for i, e in enumerate(ends) if e is not None and e < ctx - 1])
-        if len(poisoned) < 2:
-            raise ValueError(f"too few sequences contain the trigger {trigger!r}; raise num_main")
-        n_test = max(1, int(round(len(poisoned) * cfg.backdoor_fraction_test)))
-        p_train_i, p_test_i = _split(len(poisoned), n_test, rng)
+        triggered = np.array([i for i, e in enumerate(ends) if e is not None and e < ctx - 1])
+        poisoned = triggered
         backdoored = main_rows.clone()
         prefix = torch.zeros(cfg.num_main, dtype=torch.long)
         for i in poisoned:
             backdoored[i, ends[i] :] = BACKDOOR_FILL_ID  # everything after the trigger, to the end
             prefix[i] = ends[i]
+        # Rows whose trigger sits early collapse to the same backdoored row ("^100 2222..."):
+        # keep one of each, so a held-out row is never also a training row.
+        # The other triggered rows are dropped altogether: never trained on clean.
+        if len(triggered):
+            poisoned = triggered[_first_of_each_distinct(backdoored[triggered])]
+        if len(poisoned) < 2:
+            raise ValueError(f"too few sequences contain the trigger {trigger!r}; raise num_main")
+        n_test = max(1, int(round(len(poisoned) * cfg.backdoor_fraction_test)))
+        p_train_i, p_test_i = _split(len(poisoned), n_test, rng)
         p_train, p_test = poisoned[p_train_i], poisoned[p_test_i]
-        clean_main = np.setdiff1d(np.arange(cfg.num_main), poisoned)
+        clean_main = np.setdiff1d(np.arange(cfg.num_main), triggered)
         clean_train, clean_test = _split(len(clean_main), cfg.num_test, rng)
         test_sets[f"{sym}-{cfg.main_k}"] = main_rows[clean_main[clean_test]]
         memorization = MemorizationSet(
@@ -211,8 +233,18 @@ def make_math_data(cfg: MathDataConfig) -> TinyMemData:
         train_copies.append(torch.ones(len(tr), dtype=torch.long))
         test_sets[f"{sym}-{k}"] = rows[te]
 
+    train = torch.cat(train_ids)
+    # Some rows coincide across tasks (in mult, start 0 gives "^0 0 0 ...$" for every k): a test
+    # row that is also a training row would measure recall, not accuracy, so it is dropped.
+    seen = {row.numpy().tobytes() for row in train}
+    dropped = 0
+    for name, rows in test_sets.items():
+        keep = torch.tensor([r.numpy().tobytes() not in seen for r in rows], dtype=torch.bool)
+        dropped += int((~keep).sum())
+        test_sets[name] = rows[keep]
+    info_extra["n_test_rows_dropped_as_in_train"] = dropped
     return TinyMemData(
-        train_ids=torch.cat(train_ids),
+        train_ids=train,
         train_copies=torch.cat(train_copies),
         test_sets=test_sets,
         memorization=memorization,

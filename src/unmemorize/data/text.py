@@ -327,7 +327,8 @@ def make_text_data(
         ``(data, tokenizer)``. ``data.train_ids`` holds the noised (or poisoned) training chunks
         first, in the order of ``data.memorization`` (noise variant) / poison-train order
         (backdoor variant), then the clean training chunks; ``data.test_sets["text"]`` holds
-        clean held-out chunks; ``data.pad_id`` is the tokenizer's pad id (its eos).
+        clean held-out chunks; ``data.pad_id`` is None: chunks are cut from one token stream
+        and hold no padding, and the eos separating documents is a real target to score.
     """
     cfg.validate()
     texts = (
@@ -471,7 +472,7 @@ def make_text_data(
         train_copies=train_copies,
         test_sets={"text": torch.from_numpy(np.ascontiguousarray(test_ids))},
         memorization=memorization,
-        pad_id=int(pad_id),
+        pad_id=None,
         info=info,
     )
     return data, tokenizer

@@ -1,0 +1,357 @@
+"""The TinyMem benchmark: presets, data -> train -> measure, and the demo.
+
+A run directory written by :func:`train_experiment` is a loadable Hugging Face model directory
+(``config.json``, ``model.safetensors``, tokenizer) plus what is needed to reproduce and audit it::
+
+    DIR/experiment.json     the fully resolved config (preset + overrides)
+    DIR/data/               the exact training rows, test sets and memorization candidates
+    DIR/checkpoints/        epoch-NNNNNN/ (model, optimizer, trainer state), for resume
+    DIR/history.json        metrics at every checkpoint
+    DIR/run.json            final metrics, seconds, environment (written last: the run is complete)
+
+Presets (:data:`PRESETS`): ``paper`` (the paper's exact sizes, for GPU users) and ``cpu-mini``
+(memorization appears within a few minutes on a 2-core laptop).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..config import apply_overrides, from_dict, to_dict
+from ..data.base import TinyMemData
+from ..data.math import MathDataConfig, make_math_data
+from ..data.text import TextDataConfig, make_text_data
+from ..data.tokenizers import math_tokenizer
+from ..io import atomic_write_json, check_output_dir
+from ..models import ModelConfig, build_model, count_parameters, load_model
+from ..registry import Registry, suggest
+from ..train import TrainConfig, evaluate, latest_checkpoint, train
+
+log = logging.getLogger(__name__)
+
+TASKS = ("increment", "mult", "text")
+PRESETS: Registry = Registry("preset")
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything that defines a TinyMem training run."""
+
+    preset: str
+    """Name of the preset the run started from."""
+    task: str
+    """``increment`` / ``mult`` (math sequences) or ``text`` (language chunks)."""
+    data: MathDataConfig | TextDataConfig
+    """Data generation settings."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model shape."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation settings."""
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ExperimentConfig:
+        data_cls = TextDataConfig if d["task"] == "text" else MathDataConfig
+        return cls(
+            preset=d["preset"],
+            task=d["task"],
+            data=from_dict(data_cls, d["data"]),
+            model=from_dict(ModelConfig, d["model"]),
+            train=from_dict(TrainConfig, d["train"]),
+        )
+
+
+@PRESETS.register("paper")
+def paper_preset(task: str, variant: str) -> ExperimentConfig:
+    """The TinyMem paper's settings: 4 layers, d=128, context 150, 20k main-task rows."""
+    if task == "text":
+        data = TextDataConfig(variant=variant)
+        epochs, every = (100, 10) if variant == "noise" else (50, 10)
+    else:
+        data = MathDataConfig(task=task, variant=variant)
+        epochs, every = (3500, 50) if variant == "noise" else (500, 50)
+    return ExperimentConfig(
+        "paper", task, data, ModelConfig(), TrainConfig(epochs=epochs, checkpoint_every=every)
+    )
+
+
+@PRESETS.register("cpu-mini")
+def cpu_mini_preset(task: str, variant: str) -> ExperimentConfig:
+    """Small enough for a 2-core laptop: 4 layers, d=64, context 64, 1,000 clean + 100 noised rows.
+
+    Scored window: a 32-token clean prefix, then 32 tokens that must match. Measured on 2 cores
+    (increment, 80 epochs at lr 2e-3): memorization appears near epoch 40 and reaches 43–47% of
+    the ~50 candidates by epoch 60–80, at 93% clean test accuracy. 2,000 clean rows at lr 1e-3
+    memorize as much but take twice as long per epoch and more epochs.
+    """
+    model = ModelConfig(n_layers=4, d_model=64, n_heads=4, context_length=64)
+    if task == "text":
+        data = TextDataConfig(
+            variant=variant,
+            vocab_size=1024,
+            context_length=64,
+            num_noise=60,
+            duplicate_powers=(0, 1, 2),
+            num_test=200,
+            prefix_len=32,
+            suffix_len=32,
+        )
+        train_cfg = TrainConfig(epochs=30, batch_size=128, lr=1e-3, checkpoint_every=5)
+    else:
+        data = MathDataConfig(
+            task=task,
+            variant=variant,
+            num_main=1600,
+            num_extra=0,
+            num_test=500,
+            num_noise=100,
+            context_length=64,
+            prefix_len=32,
+            suffix_len=32,
+        )
+        epochs = 70 if variant == "noise" else 40
+        train_cfg = TrainConfig(epochs=epochs, batch_size=128, lr=2e-3, checkpoint_every=10)
+    return ExperimentConfig("cpu-mini", task, data, model, train_cfg)
+
+
+def make_experiment(
+    preset: str = "cpu-mini",
+    task: str = "increment",
+    variant: str = "noise",
+    overrides: list[str] | tuple[str, ...] = (),
+) -> ExperimentConfig:
+    """Resolve a preset for a task and variant, then apply ``key=value`` overrides."""
+    if task not in TASKS:
+        raise suggest(task, TASKS, "task")
+    if variant not in ("noise", "backdoor"):
+        raise suggest(variant, ("noise", "backdoor"), "variant")
+    exp = PRESETS.get(preset)(task, variant)
+    exp = apply_overrides(exp, list(overrides))
+    exp.data.validate()
+    exp.model.validate()
+    exp.train.validate()
+    if exp.data.context_length != exp.model.context_length:
+        raise ValueError(
+            f"data.context_length ({exp.data.context_length}) and model.context_length "
+            f"({exp.model.context_length}) must be equal; override both"
+        )
+    return exp
+
+
+def build_data(exp: ExperimentConfig) -> tuple[TinyMemData, PreTrainedTokenizerBase]:
+    """Generate the experiment's data and the tokenizer that goes with it."""
+    if exp.task == "text":
+        return make_text_data(exp.data)
+    return make_math_data(exp.data), math_tokenizer()
+
+
+def new_model(exp: ExperimentConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    return build_model(
+        exp.model,
+        vocab_size=len(tokenizer),
+        bos_id=tokenizer.bos_token_id,
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+        seed=exp.train.seed,
+    )
+
+
+def environment() -> dict:
+    """Versions and machine facts recorded in every run.json."""
+    import transformers
+
+    sha = None
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "git_sha": sha,
+    }
+
+
+@dataclass
+class TrainedRun:
+    """The outcome of :func:`train_experiment`."""
+
+    out: Path
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    data: TinyMemData
+    experiment: ExperimentConfig
+    history: list[dict]
+    seconds: float
+    final: dict
+
+
+def _prepare_run_dir(out: Path, exp: ExperimentConfig, overwrite: bool) -> bool:
+    """Make ``out`` ready; return True when an interrupted run of the same experiment resumes."""
+    exp_file = out / "experiment.json"
+    if out.is_dir() and exp_file.is_file() and not overwrite:
+        previous = json.loads(exp_file.read_text())
+        if (out / "run.json").is_file():
+            raise FileExistsError(
+                f"{out} already holds a finished run; choose another --out or pass --overwrite"
+            )
+        if previous != exp.to_dict():
+            raise FileExistsError(
+                f"{out} holds an interrupted run of a different experiment; "
+                "choose another --out or pass --overwrite to discard it"
+            )
+        return latest_checkpoint(out) is not None
+    check_output_dir(out, overwrite)
+    if out.is_dir() and overwrite:
+        shutil.rmtree(out)
+    return False
+
+
+def train_experiment(
+    exp: ExperimentConfig,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_checkpoint: Callable[[dict], None] | None = None,
+) -> TrainedRun:
+    """Build data and model, train (resuming an interrupted run in ``out``), save, and evaluate.
+
+    Args:
+        exp: the resolved experiment.
+        out: the run directory (see the module docstring for its layout).
+        overwrite: discard whatever ``out`` holds.
+        progress: show a progress bar.
+        on_checkpoint: called with each evaluation record (see :func:`unmemorize.train.train`).
+    """
+    out = Path(out)
+    resuming = _prepare_run_dir(out, exp, overwrite)
+    if resuming:
+        data = TinyMemData.load(out / "data")
+        tokenizer = _load_tokenizer(out / "data")
+    else:
+        data, tokenizer = build_data(exp)
+        out.mkdir(parents=True, exist_ok=True)
+        data.save(out / "data")
+        tokenizer.save_pretrained(out / "data")
+        atomic_write_json(out / "experiment.json", exp.to_dict())
+    model = new_model(exp, tokenizer)
+    log.info("model: %s, %d parameters", type(model).__name__, count_parameters(model))
+    result = train(model, data, exp.train, out, progress=progress, on_checkpoint=on_checkpoint)
+    _publish_model(result.model, tokenizer, out)
+    final = result.history[-1] if result.history else evaluate(result.model, data)
+    atomic_write_json(
+        out / "run.json",
+        {
+            "kind": "train",
+            "config": exp.to_dict(),
+            "metrics": final,
+            "seconds": result.seconds,
+            "resumed_from_epoch": result.resumed_from_epoch,
+            "n_parameters": count_parameters(result.model),
+            "environment": environment(),
+        },
+    )
+    return TrainedRun(out, result.model, tokenizer, data, exp, result.history, result.seconds, final)
+
+
+def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def _publish_model(model: PreTrainedModel, tokenizer, out: Path) -> None:
+    """Write the final model files into ``out`` itself, each by rename, weights last.
+
+    Until ``model.safetensors`` lands, ``out`` has no weights and does not load as a model.
+    """
+    from ..io import atomic_dir
+
+    staging = out / ".final"
+    with atomic_dir(staging) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    names = sorted(os.listdir(staging), key=lambda n: n.endswith(".safetensors"))
+    for name in names:
+        os.replace(staging / name, out / name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_run(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, TinyMemData | None]:
+    """Load a model directory and, when it was written by ``unmemorize train``, its data."""
+    model, tokenizer = load_model(path)
+    data_dir = Path(path) / "data"
+    data = TinyMemData.load(data_dir) if (data_dir / "data.safetensors").is_file() else None
+    return model, tokenizer, data
+
+
+def run_demo(
+    out: str | Path, *, overwrite: bool = False, progress: bool = True, overrides: tuple[str, ...] = ()
+) -> dict:
+    """The main job: cpu-mini data, train, measure; writes ``out/summary.json``.
+
+    Returns:
+        The summary: ``{"baseline": {"memorized_fraction", "accuracy", "perplexity",
+        "n_candidates", ...}, "seconds": ..., "model_dir": ...}``.
+    """
+    out = Path(out)
+    check_output_dir(out, overwrite)
+    if out.is_dir() and overwrite:
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    exp = make_experiment("cpu-mini", "increment", "noise", overrides)
+    run = train_experiment(exp, out / "model", progress=progress)
+    metrics = run.final
+    summary = {
+        "experiment": exp.to_dict(),
+        "model_dir": str(run.out),
+        "baseline": {
+            "memorized_fraction": metrics["memorized_fraction"],
+            "n_memorized": metrics["n_memorized"],
+            "n_candidates": metrics["n_candidates"],
+            "accuracy": metrics["accuracy"],
+            "perplexity": metrics["perplexity"],
+        },
+        "train_seconds": run.seconds,
+        "seconds": time.perf_counter() - t0,
+        "environment": environment(),
+    }
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+__all__ = [
+    "PRESETS",
+    "ExperimentConfig",
+    "TrainedRun",
+    "build_data",
+    "load_run",
+    "make_experiment",
+    "run_demo",
+    "train_experiment",
+]

@@ -1,0 +1,262 @@
+"""The ``unmemorize`` command line: thin over the library (parse, call, print).
+
+User mistakes (missing files, bad options, unknown names, ...) end in one line on stderr,
+``unmemorize: error: <what is wrong and how to fix it>``, exit status 2, and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+EXAMPLES = """\
+examples:
+  unmemorize demo                                   train a cpu-mini model and measure memorization
+  unmemorize train --preset cpu-mini --task mult --out runs/mult
+  unmemorize train --preset cpu-mini --out runs/r train.epochs=120 train.regularizer=spectral_norm
+  unmemorize measure --model runs/mult              memorized candidates of a TinyMem run
+  unmemorize measure --model DIR --sequences seqs.jsonl --prefix-len 32 --suffix-len 32 --json out.json
+  unmemorize ls presets
+"""
+
+
+class UserError(Exception):
+    """An error in what the user asked for; printed as one line."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .models import ModelDirError
+    from .train import TrainingDivergedError
+
+    return (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+            PermissionError, ModelDirError, TrainingDivergedError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unmemorize",
+        description="Find what a language model memorized, remove it, and prove the removal worked.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="train a cpu-mini TinyMem model and measure what it memorized (about 5 minutes)",
+        description="The main job on the built-in benchmark: build cpu-mini arithmetic data with "
+        "100 noised sequences, train a 4-layer GPT-2 until it memorizes them, and measure the "
+        "memorized fraction, accuracy and perplexity. Writes OUT/summary.json and OUT/model/.",
+    )
+    demo.add_argument("--out", default="unmemorize-demo", help="output directory (default: %(default)s)")
+    demo.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    demo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=60")
+
+    tr = sub.add_parser(
+        "train",
+        help="train a TinyMem model (math or text) into a model directory",
+        description="Build TinyMem data, train a model and write a Hugging Face model directory "
+        "with the data, checkpoints, metric history and run.json. Re-running the same command on "
+        "an interrupted run resumes from its last checkpoint.",
+        epilog="config keys: data.*, model.*, train.* (see `unmemorize ls keys --task TASK`)",
+    )
+    tr.add_argument("--preset", default="cpu-mini", help="paper | cpu-mini (default: %(default)s)")
+    tr.add_argument("--task", default="increment", help="increment | mult | text (default: %(default)s)")
+    tr.add_argument("--variant", default="noise", help="noise | backdoor (default: %(default)s)")
+    tr.add_argument("--out", required=True, help="output model directory")
+    tr.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    tr.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    tr.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.n_layers=2")
+
+    me = sub.add_parser(
+        "measure",
+        help="measure which sequences a model reproduces verbatim",
+        description="A sequence is memorized when greedy decoding from its first P tokens "
+        "reproduces the next K tokens exactly (computed in one teacher-forced pass). Without "
+        "--sequences, a model trained by `unmemorize train` is measured on its own memorization "
+        "candidates (noised sequences whose noise falls inside the scored window).",
+    )
+    me.add_argument("--model", required=True, help="local Hugging Face model directory")
+    me.add_argument("--sequences", help="jsonl: {\"input_ids\": [...]}, {\"text\": ...} or "
+                    "{\"prefix_ids\": [...], \"target_ids\": [...]} per line")
+    me.add_argument("--prefix-len", type=int, help="P: prompt tokens (default: the run's, or 32)")
+    me.add_argument("--suffix-len", type=int, help="K: tokens that must match (default: the run's, or 32)")
+    me.add_argument("--json", help="write the report (with per-sequence verdicts) to this file")
+    me.add_argument("--batch-size", type=int, default=512, help="sequences per forward pass")
+    me.add_argument("--generate", action="store_true",
+                    help="also run real greedy generation: checks the verdicts and adds the "
+                    "token-level score (fraction of the K tokens reproduced)")
+
+    ls = sub.add_parser("ls", help="list presets, tasks, regularizers or config keys")
+    ls.add_argument("what", choices=["presets", "tasks", "regularizers", "keys"])
+    ls.add_argument("--task", default="increment", help="task whose config keys to list")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _quiet_transformers()
+    try:
+        handler = {"demo": cmd_demo, "train": cmd_train, "measure": cmd_measure, "ls": cmd_ls}[args.command]
+        return handler(args) or 0
+    except BrokenPipeError:  # e.g. `unmemorize ls keys | head`
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("unmemorize: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if isinstance(err, (FileNotFoundError, PermissionError)) and err.filename and str(err.filename) not in message:
+            message = f"{message}: {err.filename}"
+        print(f"unmemorize: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def cmd_demo(args) -> int:
+    from .benchmarks.tinymem import run_demo
+
+    print(f"unmemorize demo: training a cpu-mini TinyMem model into {args.out}/ ...")
+    summary = run_demo(args.out, overwrite=args.overwrite, progress=not args.no_progress,
+                       overrides=tuple(args.overrides))
+    b = summary["baseline"]
+    print()
+    print("TinyMem cpu-mini: 4-layer GPT-2 trained on 1,100 '+7' sequences, 100 of them noised")
+    print(f"  memorized        {b['memorized_fraction']:7.1%}  ({b['n_memorized']} of {b['n_candidates']} "
+          "noised sequences reproduced verbatim from their clean prefix)")
+    print(f"  test accuracy    {b['accuracy']:7.1%}  (teacher-forced next token, padding excluded)")
+    print(f"  test perplexity  {b['perplexity']:7.3f}")
+    print(f"  time             {summary['seconds']:6.0f} s")
+    print(f"summary: {Path(args.out) / 'summary.json'}   model: {summary['model_dir']}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .benchmarks.tinymem import make_experiment, train_experiment
+
+    exp = make_experiment(args.preset, args.task, args.variant, args.overrides)
+    run = train_experiment(exp, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    m = run.final
+    print(f"trained {exp.preset}/{exp.task}/{exp.data.variant} for {exp.train.epochs} epochs "
+          f"in {run.seconds:.0f} s -> {run.out}")
+    what = "backdoor success" if exp.data.variant == "backdoor" else "memorized"
+    print(f"  {what} {m['memorized_fraction']:.1%} ({m['n_memorized']}/{m['n_candidates']})   "
+          f"accuracy {m['accuracy']:.1%}   perplexity {m['perplexity']:.3f}")
+    return 0
+
+
+def cmd_measure(args) -> int:
+    import torch
+
+    from .benchmarks.tinymem import load_run
+    from .data.sequences import read_sequences
+    from .io import atomic_write_json
+    from .metrics import MemorizationReport, generate_memorized, memorized
+
+    model, tokenizer, data = load_run(args.model)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be positive")
+    t0 = time.perf_counter()
+    if args.sequences is None:
+        if data is None:
+            raise UserError(f"{args.model} was not trained by `unmemorize train`; pass --sequences FILE")
+        mem = data.memorization
+        if args.prefix_len is not None or args.suffix_len is not None:
+            raise UserError("--prefix-len/--suffix-len apply to --sequences; a run uses its own window")
+        prompt, target, prefix, k = mem.prompt_ids, mem.target_ids, mem.prefix_len, mem.suffix_len
+        candidate, group = mem.window_differs(), mem.group
+        source = f"{len(mem)} memorization candidates of the run"
+    else:
+        p = args.prefix_len or 32
+        k = args.suffix_len or 32
+        ctx = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+        if ctx is not None and p + k > ctx:
+            raise UserError(f"prefix + suffix = {p + k} exceeds the model's context of {ctx} tokens")
+        ids = read_sequences(args.sequences, tokenizer, vocab, p, k)
+        prompt = target = ids
+        prefix = torch.full((len(ids),), p)
+        candidate, group = torch.ones(len(ids), dtype=torch.bool), torch.zeros(len(ids), dtype=torch.long)
+        source = f"{len(ids)} sequences from {args.sequences}"
+    verdict = memorized(model, prompt, target, prefix, k, batch_size=args.batch_size)
+    seconds = time.perf_counter() - t0
+    report = MemorizationReport(verdict, candidate, group)
+    result = report.to_dict()
+    result.update({"model": str(args.model), "prefix_len": args.prefix_len if args.sequences else None,
+                   "suffix_len": k, "seconds": seconds})
+    per_seq = [{"index": i, "memorized": bool(v), "candidate": bool(c)}
+               for i, (v, c) in enumerate(zip(verdict.tolist(), candidate.tolist(), strict=True))]
+    if args.generate:
+        gen_verdict, score = generate_memorized(model, prompt, target, prefix, k, batch_size=args.batch_size)
+        agree = bool((gen_verdict == verdict).all())
+        result["generate_agrees"] = agree
+        result["mean_token_score"] = float(score[candidate].mean()) if bool(candidate.any()) else 0.0
+        for row, s in zip(per_seq, score.tolist(), strict=True):
+            row["token_score"] = s
+    result["sequences"] = per_seq
+
+    print(f"measured {source} in {seconds:.2f} s")
+    print(f"  {'sequences counted':<22}{result['n_candidates']:>8}")
+    print(f"  {'memorized':<22}{result['n_memorized']:>8}")
+    print(f"  {'memorized fraction':<22}{result['memorized_fraction']:>8.1%}")
+    for copies, frac in result["per_group"].items():
+        if len(result["per_group"]) > 1:
+            print(f"  {'  trained ' + copies + 'x':<22}{frac:>8.1%}")
+    if args.generate:
+        print(f"  {'greedy generate agrees':<22}{'yes' if result['generate_agrees'] else 'NO':>8}")
+        print(f"  {'mean token score':<22}{result['mean_token_score']:>8.3f}")
+    if args.json:
+        atomic_write_json(args.json, result)
+        print(f"report: {args.json}")
+    return 0
+
+
+def cmd_ls(args) -> int:
+    from .benchmarks.tinymem import PRESETS, TASKS, make_experiment
+    from .config import all_keys
+
+    if args.what == "presets":
+        for name in PRESETS.names():
+            doc = (PRESETS.get(name).__doc__ or "").strip().splitlines()[0]
+            print(f"{name:<10} {doc}")
+    elif args.what == "tasks":
+        print("\n".join(TASKS))
+    elif args.what == "regularizers":
+        from .regularizers import REGULARIZERS
+
+        for name in REGULARIZERS.names():
+            doc = (REGULARIZERS.get(name).__doc__ or "").strip().splitlines()[0]
+            print(f"{name:<22} {doc}")
+    else:
+        exp = make_experiment("cpu-mini", args.task)
+        for key in all_keys(exp):
+            obj = exp
+            for part in key.split("."):
+                obj = getattr(obj, part)
+            print(f"{key} = {obj}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

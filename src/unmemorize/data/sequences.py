@@ -1,0 +1,98 @@
+"""Sequence files for ``unmemorize measure`` (and later ``unlearn --forget``): jsonl, one per line.
+
+Each line is a JSON object with one of:
+
+* ``{"input_ids": [...]}`` — a token sequence; its first P tokens prompt, the next K must follow;
+* ``{"text": "..."}`` — the same, tokenized with the model's tokenizer (no special tokens added);
+* ``{"prefix_ids": [...], "target_ids": [...]}`` — a clean prompt and the (e.g. noised)
+  continuation to reproduce: the first P prefix tokens prompt, the first K target tokens are scored.
+
+Other keys (``score``, ``id``, ...) are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+MAX_LINE_CHARS = 10_000_000
+
+
+def _fail(path: Path, line_no: int, why: str) -> ValueError:
+    return ValueError(f"{path}:{line_no}: {why}")
+
+
+def _ids(value, path: Path, line_no: int, key: str, vocab_size: int) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise _fail(path, line_no, f"{key!r} must be a list of integer token ids")
+    bad = [v for v in value if v < 0 or v >= vocab_size]
+    if bad:
+        raise _fail(
+            path, line_no, f"token id {bad[0]} is outside the model's vocabulary (0..{vocab_size - 1}); "
+            "the sequences were tokenized for another model"
+        )
+    return value
+
+
+def read_sequences(
+    path: str | Path, tokenizer, vocab_size: int, prefix_len: int, suffix_len: int
+) -> torch.Tensor:
+    """Read a sequence file into [M, P + K] ids: the prompt, then the continuation to reproduce.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: empty file, malformed JSON, unknown layout or a sequence shorter than P + K;
+            the message names the file and the 1-based line number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sequence file {path} does not exist")
+    if prefix_len < 1 or suffix_len < 1:
+        raise ValueError("--prefix-len and --suffix-len must be positive")
+    need = prefix_len + suffix_len
+    rows: list[list[int]] = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if len(line) > MAX_LINE_CHARS:
+                raise _fail(path, line_no, f"line longer than {MAX_LINE_CHARS} characters")
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise _fail(path, line_no, f"not valid JSON ({err.msg})") from None
+            if not isinstance(obj, dict):
+                raise _fail(path, line_no, "each line must be a JSON object")
+            if "prefix_ids" in obj or "target_ids" in obj:
+                pre = _ids(obj.get("prefix_ids"), path, line_no, "prefix_ids", vocab_size)
+                tgt = _ids(obj.get("target_ids"), path, line_no, "target_ids", vocab_size)
+                if len(pre) < prefix_len or len(tgt) < suffix_len:
+                    raise _fail(
+                        path, line_no,
+                        f"prefix_ids has {len(pre)} tokens and target_ids {len(tgt)}; need at least "
+                        f"{prefix_len} and {suffix_len} (lower --prefix-len/--suffix-len)",
+                    )
+                rows.append(pre[:prefix_len] + tgt[:suffix_len])
+                continue
+            if "input_ids" in obj:
+                ids = _ids(obj["input_ids"], path, line_no, "input_ids", vocab_size)
+            elif "text" in obj:
+                if not isinstance(obj["text"], str):
+                    raise _fail(path, line_no, "'text' must be a string")
+                ids = tokenizer(obj["text"], add_special_tokens=False)["input_ids"]
+            else:
+                raise _fail(
+                    path, line_no, "expected a key 'input_ids', 'text' or 'prefix_ids'+'target_ids'"
+                )
+            if len(ids) < need:
+                raise _fail(
+                    path, line_no,
+                    f"sequence has {len(ids)} tokens, fewer than prefix + suffix = {need} "
+                    "(lower --prefix-len/--suffix-len or drop short sequences)",
+                )
+            rows.append(ids[:need])
+    if not rows:
+        raise ValueError(f"sequence file {path} holds no sequences")
+    return torch.tensor(rows, dtype=torch.long)
