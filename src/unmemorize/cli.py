@@ -189,8 +189,11 @@ def cmd_measure(args) -> int:
         candidate, group = mem.window_differs(), mem.group
         source = f"{len(mem)} memorization candidates of the run"
     else:
-        p = args.prefix_len or 32
-        k = args.suffix_len or 32
+        # default window: the run's own (a TinyMem run), else Pythia-style 32 -> 32
+        run_p = int(data.memorization.prefix_len[0]) if data is not None and len(data.memorization) else 32
+        run_k = data.memorization.suffix_len if data is not None else 32
+        p = args.prefix_len if args.prefix_len is not None else run_p
+        k = args.suffix_len if args.suffix_len is not None else run_k
         ctx = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
         if ctx is not None and p + k > ctx:
             raise UserError(f"prefix + suffix = {p + k} exceeds the model's context of {ctx} tokens")
@@ -203,7 +206,7 @@ def cmd_measure(args) -> int:
     seconds = time.perf_counter() - t0
     report = MemorizationReport(verdict, candidate, group)
     result = report.to_dict()
-    result.update({"model": str(args.model), "prefix_len": args.prefix_len if args.sequences else None,
+    result.update({"model": str(args.model), "prefix_len": p if args.sequences else None,
                    "suffix_len": k, "seconds": seconds})
     per_seq = [{"index": i, "memorized": bool(v), "candidate": bool(c)}
                for i, (v, c) in enumerate(zip(verdict.tolist(), candidate.tolist(), strict=True))]

@@ -76,6 +76,10 @@ class TrainConfig:
             from .registry import suggest
 
             raise suggest(self.lr_schedule, ["constant", "cosine"], "lr_schedule")
+        if self.regularizer:
+            from .regularizers import build_regularizer
+
+            build_regularizer(self.regularizer, **self.regularizer_options)  # name and options
 
 
 def sequence_losses(model: PreTrainedModel, x: torch.Tensor, pad_id: int | None) -> torch.Tensor:
