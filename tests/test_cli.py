@@ -31,17 +31,23 @@ def write_jsonl(path, rows) -> str:
 
 def test_measure_run_candidates_agrees_with_greedy_generation(tiny_run, tmp_path, capsys):
     report = tmp_path / "report.json"
-    code, out, _ = run_cli(capsys, "measure", "--model", tiny_run.out, "--json", report, "--generate")
+    code, out, _ = run_cli(
+        capsys, "measure", "--model", tiny_run.out, "--json", report, "--generate"
+    )
     assert code == 0, out
     result = json.loads(report.read_text())
     mem = tiny_run.data.memorization
-    verdict, _ = generate_memorized(tiny_run.model, mem.prompt_ids, mem.target_ids, mem.prefix_len, mem.suffix_len)
+    verdict, _ = generate_memorized(
+        tiny_run.model, mem.prompt_ids, mem.target_ids, mem.prefix_len, mem.suffix_len
+    )
     candidate = mem.window_differs()
     assert result["generate_agrees"] is True
     assert [s["memorized"] for s in result["sequences"]] == verdict.tolist()
     assert result["n_memorized"] == int((verdict & candidate).sum()) > 0  # the tiny model memorizes
     assert result["n_candidates"] == int(candidate.sum())
-    assert result["memorized_fraction"] == pytest.approx(result["n_memorized"] / result["n_candidates"])
+    assert result["memorized_fraction"] == pytest.approx(
+        result["n_memorized"] / result["n_candidates"]
+    )
     assert "memorized fraction" in out
 
 
@@ -50,7 +56,10 @@ def test_measure_sequence_file_layouts(tiny_run, tmp_path, capsys):
     p, k = int(mem.prefix_len[0]), mem.suffix_len
     tok = tiny_run.tokenizer
     rows = [
-        {"prefix_ids": mem.prompt_ids[i, :p].tolist(), "target_ids": mem.target_ids[i, p : p + k].tolist()}
+        {
+            "prefix_ids": mem.prompt_ids[i, :p].tolist(),
+            "target_ids": mem.target_ids[i, p : p + k].tolist(),
+        }
         for i in range(len(mem))
     ]
     rows.append({"input_ids": mem.prompt_ids[0, : p + k].tolist(), "score": 1.0})
@@ -58,8 +67,18 @@ def test_measure_sequence_file_layouts(tiny_run, tmp_path, capsys):
     seqs = write_jsonl(tmp_path / "seqs.jsonl", rows)
     report = tmp_path / "r.json"
     code, out, err = run_cli(
-        capsys, "measure", "--model", tiny_run.out, "--sequences", seqs,
-        "--prefix-len", p, "--suffix-len", k, "--json", report,
+        capsys,
+        "measure",
+        "--model",
+        tiny_run.out,
+        "--sequences",
+        seqs,
+        "--prefix-len",
+        p,
+        "--suffix-len",
+        k,
+        "--json",
+        report,
     )
     assert code == 0, err
     got = [s["memorized"] for s in json.loads(report.read_text())["sequences"]]
@@ -70,8 +89,19 @@ def test_measure_sequence_file_layouts(tiny_run, tmp_path, capsys):
 
 def test_train_via_cli_and_resume_message(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "--preset", "cpu-mini", "--task", "mult", "--out", out, "--no-progress",
-            *TINY_OVERRIDES, "train.epochs=2", "train.checkpoint_every=1"]
+    args = [
+        "train",
+        "--preset",
+        "cpu-mini",
+        "--task",
+        "mult",
+        "--out",
+        out,
+        "--no-progress",
+        *TINY_OVERRIDES,
+        "train.epochs=2",
+        "train.checkpoint_every=1",
+    ]
     code, stdout, err = run_cli(capsys, *args)
     assert code == 0, err
     assert "trained cpu-mini/mult/noise for 2 epochs" in stdout
@@ -84,13 +114,21 @@ def test_console_script_prints_no_traceback(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "unmemorize.cli", "measure", "--model", str(tmp_path / "nope")],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("unmemorize: error: model directory")
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    help_ = subprocess.run([sys.executable, "-m", "unmemorize.cli", "--help"], capture_output=True,
-                           text=True, env=env, timeout=120)
+    help_ = subprocess.run(
+        [sys.executable, "-m", "unmemorize.cli", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert help_.returncode == 0 and "unmemorize demo" in help_.stdout
 
 
@@ -118,27 +156,101 @@ def _cases(tiny_out: str, root) -> list[tuple[str, list[str], str]]:
         ("missing model dir", ["measure", "--model", seq("nope")], "does not exist"),
         ("not a HF dir", ["measure", "--model", seq("empty")], "no config.json"),
         ("pickled weights only", ["measure", "--model", seq("pickled")], "pickled weights"),
-        ("tokenizer/model vocab mismatch", ["measure", "--model", seq("mismatch")], "does not belong"),
-        ("sequences too short", ["measure", "--model", tiny_out, "--sequences", seq("short.jsonl"),
-                                 "--prefix-len", "16", "--suffix-len", "16"], "short.jsonl:2: sequence has 20 tokens"),
-        ("malformed jsonl", ["measure", "--model", tiny_out, "--sequences", seq("bad.jsonl")], "bad.jsonl:3: not valid JSON"),
-        ("empty jsonl", ["measure", "--model", tiny_out, "--sequences", seq("empty.jsonl")], "holds no sequences"),
-        ("missing sequence file", ["measure", "--model", tiny_out, "--sequences", seq("nope.jsonl")], "does not exist"),
-        ("unknown layout", ["measure", "--model", tiny_out, "--sequences", seq("keys.jsonl")], "keys.jsonl:1: expected a key"),
-        ("id out of vocab", ["measure", "--model", tiny_out, "--sequences", seq("vocab.jsonl"),
-                             "--prefix-len", "4", "--suffix-len", "4"], "outside the model's vocabulary"),
-        ("window beyond context", ["measure", "--model", tiny_out, "--sequences", seq("short.jsonl"),
-                                   "--prefix-len", "40", "--suffix-len", "40"], "exceeds the model's context"),
-        ("unknown preset", ["train", "--preset", "cpu-mni", "--out", seq("o1")], "did you mean 'cpu-mini'"),
+        (
+            "tokenizer/model vocab mismatch",
+            ["measure", "--model", seq("mismatch")],
+            "does not belong",
+        ),
+        (
+            "sequences too short",
+            [
+                "measure",
+                "--model",
+                tiny_out,
+                "--sequences",
+                seq("short.jsonl"),
+                "--prefix-len",
+                "16",
+                "--suffix-len",
+                "16",
+            ],
+            "short.jsonl:2: sequence has 20 tokens",
+        ),
+        (
+            "malformed jsonl",
+            ["measure", "--model", tiny_out, "--sequences", seq("bad.jsonl")],
+            "bad.jsonl:3: not valid JSON",
+        ),
+        (
+            "empty jsonl",
+            ["measure", "--model", tiny_out, "--sequences", seq("empty.jsonl")],
+            "holds no sequences",
+        ),
+        (
+            "missing sequence file",
+            ["measure", "--model", tiny_out, "--sequences", seq("nope.jsonl")],
+            "does not exist",
+        ),
+        (
+            "unknown layout",
+            ["measure", "--model", tiny_out, "--sequences", seq("keys.jsonl")],
+            "keys.jsonl:1: expected a key",
+        ),
+        (
+            "id out of vocab",
+            [
+                "measure",
+                "--model",
+                tiny_out,
+                "--sequences",
+                seq("vocab.jsonl"),
+                "--prefix-len",
+                "4",
+                "--suffix-len",
+                "4",
+            ],
+            "outside the model's vocabulary",
+        ),
+        (
+            "window beyond context",
+            [
+                "measure",
+                "--model",
+                tiny_out,
+                "--sequences",
+                seq("short.jsonl"),
+                "--prefix-len",
+                "40",
+                "--suffix-len",
+                "40",
+            ],
+            "exceeds the model's context",
+        ),
+        (
+            "unknown preset",
+            ["train", "--preset", "cpu-mni", "--out", seq("o1")],
+            "did you mean 'cpu-mini'",
+        ),
         ("unknown task", ["train", "--task", "mul", "--out", seq("o2")], "did you mean 'mult'"),
-        ("unknown variant", ["train", "--variant", "backdor", "--out", seq("o3")], "did you mean 'backdoor'"),
-        ("unknown config key", ["train", "--out", seq("o4"), "train.epoch=3"], "did you mean 'train.epochs'"),
+        (
+            "unknown variant",
+            ["train", "--variant", "backdor", "--out", seq("o3")],
+            "did you mean 'backdoor'",
+        ),
+        (
+            "unknown config key",
+            ["train", "--out", seq("o4"), "train.epoch=3"],
+            "did you mean 'train.epochs'",
+        ),
         ("bad config value", ["train", "--out", seq("o5"), "train.lr=fast"], "expected a number"),
         ("non-empty out dir", ["train", "--out", seq("nonempty"), *TINY_OVERRIDES], "not empty"),
         ("demo into non-empty dir", ["demo", "--out", seq("nonempty")], "not empty"),
         ("negative lr", ["train", "--out", seq("o6"), "train.lr=-1"], "lr must be a positive"),
-        ("regularizer typo", ["train", "--out", seq("o7"), *TINY_OVERRIDES, "train.regularizer=spectral"],
-         "did you mean 'spectral_norm'"),
+        (
+            "regularizer typo",
+            ["train", "--out", seq("o7"), *TINY_OVERRIDES, "train.regularizer=spectral"],
+            "did you mean 'spectral_norm'",
+        ),
     ]
 
 
@@ -164,8 +276,16 @@ def test_bad_input_table(tiny_run, dirs, tmp_path, capsys):
 
 def test_nan_loss_is_a_clear_error_and_keeps_checkpoints(tmp_path, capsys):
     out = tmp_path / "nan"
-    code, _, err = run_cli(capsys, "train", "--out", out, "--no-progress", *TINY_OVERRIDES,
-                           "train.epochs=3", "train.lr=1e30")
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--out",
+        out,
+        "--no-progress",
+        *TINY_OVERRIDES,
+        "train.epochs=3",
+        "train.lr=1e30",
+    )
     assert code == 2
     assert "loss became nan" in err.lower() and "lower train.lr" in err
     assert not (out / "model.safetensors").exists()  # no final model from a diverged run
@@ -173,7 +293,11 @@ def test_nan_loss_is_a_clear_error_and_keeps_checkpoints(tmp_path, capsys):
 
 def test_model_dir_is_never_modified(tiny_run, tmp_path, capsys):
     def snapshot():
-        return {p.relative_to(tiny_run.out): p.read_bytes() for p in tiny_run.out.rglob("*") if p.is_file()}
+        return {
+            p.relative_to(tiny_run.out): p.read_bytes()
+            for p in tiny_run.out.rglob("*")
+            if p.is_file()
+        }
 
     before = snapshot()
     run_cli(capsys, "measure", "--model", tiny_run.out, "--json", tmp_path / "a.json")

@@ -116,7 +116,7 @@ def test_apply_overrides(mini):
     assert exp.data.noise_prob == 0.2
     assert exp.model.init_std == 0.05
     # Everything else keeps the preset value.
-    assert exp.model.d_model == 64 and exp.data.num_main == 2600 and exp.train.batch_size == 128
+    assert exp.model.d_model == 64 and exp.data.num_main == 1600 and exp.train.batch_size == 128
     assert (exp.preset, exp.task) == ("cpu-mini", "increment")
 
 
@@ -139,7 +139,7 @@ def test_overrides_return_a_copy(mini):
     )
     assert exp is not mini
     assert to_dict(mini) == before
-    assert mini.train.epochs == 80
+    assert mini.train.epochs == 70
     assert mini.model.n_layers == 4
     assert mini.data.extra_ks == (2, 3, 4, 5)
     assert mini.train.regularizer_options == {}
@@ -283,10 +283,10 @@ def test_presets_registered():
 
 
 def test_cpu_mini_preset_values(mini):
-    assert (mini.data.num_main, mini.data.num_noise, mini.data.num_test) == (2600, 100, 500)
+    assert (mini.data.num_main, mini.data.num_noise, mini.data.num_test) == (1600, 100, 500)
     assert (mini.data.context_length, mini.data.prefix_len, mini.data.suffix_len) == (64, 32, 32)
     assert (mini.model.n_layers, mini.model.d_model, mini.model.context_length) == (4, 64, 64)
-    assert (mini.train.epochs, mini.train.checkpoint_every) == (80, 10)
+    assert (mini.train.epochs, mini.train.checkpoint_every) == (70, 10)
     assert make_experiment("cpu-mini", "increment", "backdoor").train.epochs == 40
 
 

@@ -27,7 +27,9 @@ def memorizing():
     """A 2-layer model trained to memorize N random sequences (most of them verbatim)."""
     g = torch.Generator().manual_seed(1)
     seqs = torch.randint(0, 13, (N, T), generator=g)
-    model = build_model(ModelConfig(n_layers=2, d_model=32, context_length=T), V, 10, 11, 13, seed=1)
+    model = build_model(
+        ModelConfig(n_layers=2, d_model=32, context_length=T), V, 10, 11, 13, seed=1
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
     for _ in range(220):
@@ -115,7 +117,10 @@ def test_report_counts_only_candidates_and_groups():
     assert r.memorized_fraction == pytest.approx(0.6)
     assert r.per_group() == {"1": 0.5, "10": 0.5, "100": 1.0}
     assert r.memorized_indices().tolist() == [0, 3, 5]
-    assert MemorizationReport(verdict, torch.zeros(6, dtype=torch.bool), group).memorized_fraction == 0.0
+    assert (
+        MemorizationReport(verdict, torch.zeros(6, dtype=torch.bool), group).memorized_fraction
+        == 0.0
+    )
 
 
 def test_measure_memorization_filters_window(memorizing):
@@ -132,7 +137,9 @@ def test_measure_memorization_filters_window(memorizing):
 
 
 def test_accuracy_excludes_padding_and_perplexity_is_token_weighted():
-    model = build_model(ModelConfig(n_layers=1, d_model=16, context_length=12), V, 10, 11, 13, seed=3)
+    model = build_model(
+        ModelConfig(n_layers=1, d_model=16, context_length=12), V, 10, 11, 13, seed=3
+    )
     model.eval()
     ids = torch.randint(0, 13, (5, 12))
     ids[0, 6:] = 13  # padding tail
@@ -145,8 +152,12 @@ def test_accuracy_excludes_padding_and_perplexity_is_token_weighted():
     ce = F.cross_entropy(logits.transpose(1, 2), tgt, reduction="none")
     assert acc == pytest.approx(float((logits.argmax(-1) == tgt)[keep].float().mean()))
     assert ppl == pytest.approx(math.exp(float(ce[keep].mean())), rel=1e-5)
-    legacy_acc, legacy_ppl = accuracy_and_perplexity(model, ids, pad_id=13, batch_size=2, legacy=True)
-    batch_means = [float((logits[i : i + 2].argmax(-1) == tgt[i : i + 2]).float().mean()) for i in (0, 2, 4)]
+    legacy_acc, legacy_ppl = accuracy_and_perplexity(
+        model, ids, pad_id=13, batch_size=2, legacy=True
+    )
+    batch_means = [
+        float((logits[i : i + 2].argmax(-1) == tgt[i : i + 2]).float().mean()) for i in (0, 2, 4)
+    ]
     assert legacy_acc == pytest.approx(sum(batch_means) / 3)
     assert legacy_ppl == pytest.approx(
         sum(math.exp(float(ce[i : i + 2].mean())) for i in (0, 2, 4)) / 3, rel=1e-5

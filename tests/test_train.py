@@ -55,7 +55,9 @@ def test_resume_after_crash_is_bit_identical(exp_data, tmp_path, schedule):
             raise Crash
 
     with pytest.raises(Crash):
-        train(new_model(exp, tok), data, cfg, tmp_path / "b", progress=False, on_checkpoint=crash_at_2)
+        train(
+            new_model(exp, tok), data, cfg, tmp_path / "b", progress=False, on_checkpoint=crash_at_2
+        )
     assert latest_checkpoint(tmp_path / "b").name == "epoch-000002"
     resumed = train(new_model(exp, tok), data, cfg, tmp_path / "b", progress=False)
     assert resumed.resumed_from_epoch == 2
@@ -95,13 +97,22 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(exp_data, tmp_path):
 )
 def test_regularizers_train_and_leave_a_plain_model(exp_data, tmp_path, name, options):
     exp, data, tok = exp_data
-    cfg = TrainConfig(**{**exp.train.__dict__, "epochs": 2, "regularizer": name, "regularizer_options": options})
-    plain = train(new_model(exp, tok), data, TrainConfig(**{**cfg.__dict__, "regularizer": None}), tmp_path / "p", progress=False)
+    cfg = TrainConfig(
+        **{**exp.train.__dict__, "epochs": 2, "regularizer": name, "regularizer_options": options}
+    )
+    plain = train(
+        new_model(exp, tok),
+        data,
+        TrainConfig(**{**cfg.__dict__, "regularizer": None}),
+        tmp_path / "p",
+        progress=False,
+    )
     result = train(new_model(exp, tok), data, cfg, tmp_path / "r", progress=False)
     hooks = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in result.model.modules())
     assert hooks == 0  # finalize() baked everything into the weights
     assert not torch.equal(
-        result.model.transformer.h[0].mlp.c_proj.weight, plain.model.transformer.h[0].mlp.c_proj.weight
+        result.model.transformer.h[0].mlp.c_proj.weight,
+        plain.model.transformer.h[0].mlp.c_proj.weight,
     )
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
 
@@ -109,7 +120,9 @@ def test_regularizers_train_and_leave_a_plain_model(exp_data, tmp_path, name, op
 def test_resume_with_regularizer_state(exp_data, tmp_path):
     exp, data, tok = exp_data
     opts = {"drop_fraction": 0.2, "buffer_size": 40, "recompute_every": 20}
-    cfg = TrainConfig(**{**exp.train.__dict__, "regularizer": "loss_truncation", "regularizer_options": opts})
+    cfg = TrainConfig(
+        **{**exp.train.__dict__, "regularizer": "loss_truncation", "regularizer_options": opts}
+    )
     straight = train(new_model(exp, tok), data, cfg, tmp_path / "a", progress=False)
 
     def crash(record):
@@ -119,7 +132,9 @@ def test_resume_with_regularizer_state(exp_data, tmp_path):
     with pytest.raises(Crash):
         train(new_model(exp, tok), data, cfg, tmp_path / "b", progress=False, on_checkpoint=crash)
     resumed = train(new_model(exp, tok), data, cfg, tmp_path / "b", progress=False)
-    for (k, a), b in zip(_weights(straight.model).items(), _weights(resumed.model).values(), strict=True):
+    for (k, a), b in zip(
+        _weights(straight.model).items(), _weights(resumed.model).values(), strict=True
+    ):
         assert torch.equal(a, b), k
 
 
@@ -127,7 +142,14 @@ def test_run_directory_layout_and_refusals(tmp_path):
     exp = make_experiment("cpu-mini", "increment", "noise", [*SMALL, "train.epochs=2"])
     out = tmp_path / "run"
     run = train_experiment(exp, out, progress=False)
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "experiment.json", "history.json", "run.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "experiment.json",
+        "history.json",
+        "run.json",
+    ):
         assert (out / name).is_file(), name
     assert not (out / ".final").exists()
     meta = json.loads((out / "run.json").read_text())

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import __version__
+
 EXAMPLES = """\
 examples:
   unmemorize demo                                   train a cpu-mini model and measure memorization
@@ -32,8 +34,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .models import ModelDirError
     from .train import TrainingDivergedError
 
-    return (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-            PermissionError, ModelDirError, TrainingDivergedError)
+    return (
+        UserError,
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        PermissionError,
+        ModelDirError,
+        TrainingDivergedError,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--version", action="version", version=f"unmemorize {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser(
@@ -53,10 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
         "100 noised sequences, train a 4-layer GPT-2 until it memorizes them, and measure the "
         "memorized fraction, accuracy and perplexity. Writes OUT/summary.json and OUT/model/.",
     )
-    demo.add_argument("--out", default="unmemorize-demo", help="output directory (default: %(default)s)")
+    demo.add_argument(
+        "--out", default="unmemorize-demo", help="output directory (default: %(default)s)"
+    )
     demo.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    demo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=60")
+    demo.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=60"
+    )
 
     tr = sub.add_parser(
         "train",
@@ -67,12 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="config keys: data.*, model.*, train.* (see `unmemorize ls keys --task TASK`)",
     )
     tr.add_argument("--preset", default="cpu-mini", help="paper | cpu-mini (default: %(default)s)")
-    tr.add_argument("--task", default="increment", help="increment | mult | text (default: %(default)s)")
+    tr.add_argument(
+        "--task", default="increment", help="increment | mult | text (default: %(default)s)"
+    )
     tr.add_argument("--variant", default="noise", help="noise | backdoor (default: %(default)s)")
     tr.add_argument("--out", required=True, help="output model directory")
     tr.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     tr.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    tr.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.n_layers=2")
+    tr.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.n_layers=2"
+    )
 
     me = sub.add_parser(
         "measure",
@@ -83,15 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
         "candidates (noised sequences whose noise falls inside the scored window).",
     )
     me.add_argument("--model", required=True, help="local Hugging Face model directory")
-    me.add_argument("--sequences", help="jsonl: {\"input_ids\": [...]}, {\"text\": ...} or "
-                    "{\"prefix_ids\": [...], \"target_ids\": [...]} per line")
+    me.add_argument(
+        "--sequences",
+        help='jsonl: {"input_ids": [...]}, {"text": ...} or '
+        '{"prefix_ids": [...], "target_ids": [...]} per line',
+    )
     me.add_argument("--prefix-len", type=int, help="P: prompt tokens (default: the run's, or 32)")
-    me.add_argument("--suffix-len", type=int, help="K: tokens that must match (default: the run's, or 32)")
+    me.add_argument(
+        "--suffix-len", type=int, help="K: tokens that must match (default: the run's, or 32)"
+    )
     me.add_argument("--json", help="write the report (with per-sequence verdicts) to this file")
     me.add_argument("--batch-size", type=int, default=512, help="sequences per forward pass")
-    me.add_argument("--generate", action="store_true",
-                    help="also run real greedy generation: checks the verdicts and adds the "
-                    "token-level score (fraction of the K tokens reproduced)")
+    me.add_argument(
+        "--generate",
+        action="store_true",
+        help="also run real greedy generation: checks the verdicts and adds the "
+        "token-level score (fraction of the K tokens reproduced)",
+    )
 
     ls = sub.add_parser("ls", help="list presets, tasks, regularizers or config keys")
     ls.add_argument("what", choices=["presets", "tasks", "regularizers", "keys"])
@@ -106,12 +133,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
     )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _quiet_transformers()
     try:
-        handler = {"demo": cmd_demo, "train": cmd_train, "measure": cmd_measure, "ls": cmd_ls}[args.command]
+        handler = {"demo": cmd_demo, "train": cmd_train, "measure": cmd_measure, "ls": cmd_ls}[
+            args.command
+        ]
         return handler(args) or 0
     except BrokenPipeError:  # e.g. `unmemorize ls keys | head`
         sys.stderr.close()
@@ -121,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except _user_errors() as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if isinstance(err, (FileNotFoundError, PermissionError)) and err.filename and str(err.filename) not in message:
+        if (
+            isinstance(err, (FileNotFoundError, PermissionError))
+            and err.filename
+            and str(err.filename) not in message
+        ):
             message = f"{message}: {err.filename}"
         print(f"unmemorize: error: {message}", file=sys.stderr)
         return 2
@@ -138,13 +172,19 @@ def cmd_demo(args) -> int:
     from .benchmarks.tinymem import run_demo
 
     print(f"unmemorize demo: training a cpu-mini TinyMem model into {args.out}/ ...")
-    summary = run_demo(args.out, overwrite=args.overwrite, progress=not args.no_progress,
-                       overrides=tuple(args.overrides))
+    summary = run_demo(
+        args.out,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        overrides=tuple(args.overrides),
+    )
     b = summary["baseline"]
     print()
     print("TinyMem cpu-mini: 4-layer GPT-2 trained on 1,100 '+7' sequences, 100 of them noised")
-    print(f"  memorized        {b['memorized_fraction']:7.1%}  ({b['n_memorized']} of {b['n_candidates']} "
-          "noised sequences reproduced verbatim from their clean prefix)")
+    print(
+        f"  memorized        {b['memorized_fraction']:7.1%}  ({b['n_memorized']} of {b['n_candidates']} "
+        "noised sequences reproduced verbatim from their clean prefix)"
+    )
     print(f"  test accuracy    {b['accuracy']:7.1%}  (teacher-forced next token, padding excluded)")
     print(f"  test perplexity  {b['perplexity']:7.3f}")
     print(f"  time             {summary['seconds']:6.0f} s")
@@ -158,11 +198,15 @@ def cmd_train(args) -> int:
     exp = make_experiment(args.preset, args.task, args.variant, args.overrides)
     run = train_experiment(exp, args.out, overwrite=args.overwrite, progress=not args.no_progress)
     m = run.final
-    print(f"trained {exp.preset}/{exp.task}/{exp.data.variant} for {exp.train.epochs} epochs "
-          f"in {run.seconds:.0f} s -> {run.out}")
+    print(
+        f"trained {exp.preset}/{exp.task}/{exp.data.variant} for {exp.train.epochs} epochs "
+        f"in {run.seconds:.0f} s -> {run.out}"
+    )
     what = "backdoor success" if exp.data.variant == "backdoor" else "memorized"
-    print(f"  {what} {m['memorized_fraction']:.1%} ({m['n_memorized']}/{m['n_candidates']})   "
-          f"accuracy {m['accuracy']:.1%}   perplexity {m['perplexity']:.3f}")
+    print(
+        f"  {what} {m['memorized_fraction']:.1%} ({m['n_memorized']}/{m['n_candidates']})   "
+        f"accuracy {m['accuracy']:.1%}   perplexity {m['perplexity']:.3f}"
+    )
     return 0
 
 
@@ -181,40 +225,67 @@ def cmd_measure(args) -> int:
     t0 = time.perf_counter()
     if args.sequences is None:
         if data is None:
-            raise UserError(f"{args.model} was not trained by `unmemorize train`; pass --sequences FILE")
+            raise UserError(
+                f"{args.model} was not trained by `unmemorize train`; pass --sequences FILE"
+            )
         mem = data.memorization
         if args.prefix_len is not None or args.suffix_len is not None:
-            raise UserError("--prefix-len/--suffix-len apply to --sequences; a run uses its own window")
+            raise UserError(
+                "--prefix-len/--suffix-len apply to --sequences; a run uses its own window"
+            )
         prompt, target, prefix, k = mem.prompt_ids, mem.target_ids, mem.prefix_len, mem.suffix_len
         candidate, group = mem.window_differs(), mem.group
         source = f"{len(mem)} memorization candidates of the run"
     else:
         # default window: the run's own (a TinyMem run), else Pythia-style 32 -> 32
-        run_p = int(data.memorization.prefix_len[0]) if data is not None and len(data.memorization) else 32
+        run_p = (
+            int(data.memorization.prefix_len[0])
+            if data is not None and len(data.memorization)
+            else 32
+        )
         run_k = data.memorization.suffix_len if data is not None else 32
         p = args.prefix_len if args.prefix_len is not None else run_p
         k = args.suffix_len if args.suffix_len is not None else run_k
-        ctx = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+        ctx = getattr(model.config, "max_position_embeddings", None) or getattr(
+            model.config, "n_positions", None
+        )
         if ctx is not None and p + k > ctx:
-            raise UserError(f"prefix + suffix = {p + k} exceeds the model's context of {ctx} tokens")
+            raise UserError(
+                f"prefix + suffix = {p + k} exceeds the model's context of {ctx} tokens"
+            )
         ids = read_sequences(args.sequences, tokenizer, vocab, p, k)
         prompt = target = ids
         prefix = torch.full((len(ids),), p)
-        candidate, group = torch.ones(len(ids), dtype=torch.bool), torch.zeros(len(ids), dtype=torch.long)
+        candidate, group = (
+            torch.ones(len(ids), dtype=torch.bool),
+            torch.zeros(len(ids), dtype=torch.long),
+        )
         source = f"{len(ids)} sequences from {args.sequences}"
     verdict = memorized(model, prompt, target, prefix, k, batch_size=args.batch_size)
     seconds = time.perf_counter() - t0
     report = MemorizationReport(verdict, candidate, group)
     result = report.to_dict()
-    result.update({"model": str(args.model), "prefix_len": p if args.sequences else None,
-                   "suffix_len": k, "seconds": seconds})
-    per_seq = [{"index": i, "memorized": bool(v), "candidate": bool(c)}
-               for i, (v, c) in enumerate(zip(verdict.tolist(), candidate.tolist(), strict=True))]
+    result.update(
+        {
+            "model": str(args.model),
+            "prefix_len": p if args.sequences else None,
+            "suffix_len": k,
+            "seconds": seconds,
+        }
+    )
+    per_seq = [
+        {"index": i, "memorized": bool(v), "candidate": bool(c)}
+        for i, (v, c) in enumerate(zip(verdict.tolist(), candidate.tolist(), strict=True))
+    ]
     if args.generate:
-        gen_verdict, score = generate_memorized(model, prompt, target, prefix, k, batch_size=args.batch_size)
+        gen_verdict, score = generate_memorized(
+            model, prompt, target, prefix, k, batch_size=args.batch_size
+        )
         agree = bool((gen_verdict == verdict).all())
         result["generate_agrees"] = agree
-        result["mean_token_score"] = float(score[candidate].mean()) if bool(candidate.any()) else 0.0
+        result["mean_token_score"] = (
+            float(score[candidate].mean()) if bool(candidate.any()) else 0.0
+        )
         for row, s in zip(per_seq, score.tolist(), strict=True):
             row["token_score"] = s
     result["sequences"] = per_seq

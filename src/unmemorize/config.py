@@ -77,7 +77,9 @@ def apply_overrides(config: Any, overrides: list[str]) -> Any:
     config = dataclasses.replace(config)
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value (e.g. train.epochs=50)")
+            raise ValueError(
+                f"override {item!r} is not of the form key=value (e.g. train.epochs=50)"
+            )
         key, text = item.split("=", 1)
         set_path(config, key.strip(), text.strip())
     return config
@@ -92,7 +94,7 @@ def set_path(config: Any, key: str, text: str) -> None:
     if not parents:
         raise suggest(key, all_keys(config), "config key", LIST_KEYS)
     target = config
-    for depth, name in enumerate(parents):
+    for name in parents:
         names = [f.name for f in dataclasses.fields(target)]
         if name not in names:
             raise suggest(key, all_keys(config), "config key", LIST_KEYS)

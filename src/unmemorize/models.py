@@ -64,7 +64,9 @@ class ModelConfig:
         if self.arch not in ARCHITECTURES:
             raise suggest(self.arch, ARCHITECTURES, "architecture")
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
         if min(self.n_layers, self.d_model, self.n_heads, self.context_length) < 1:
             raise ValueError("n_layers, d_model, n_heads and context_length must be positive")
 
@@ -75,7 +77,9 @@ def build_model(
     """Build a freshly initialised TinyMem model (deterministic for a given ``seed``)."""
     cfg.validate()
     std = cfg.init_std if cfg.init_std is not None else 0.8 / math.sqrt(cfg.d_model)
-    common = dict(vocab_size=vocab_size, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id)
+    common = dict(
+        vocab_size=vocab_size, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id
+    )
     if cfg.arch == "gpt2":
         config = GPT2Config(
             n_layer=cfg.n_layers,
@@ -102,7 +106,11 @@ def build_model(
             attention_dropout=0.0,
             hidden_dropout=0.0,
             initializer_range=std,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.25,
+            },
             **common,
         )
         model_cls = GPTNeoXForCausalLM
@@ -116,7 +124,9 @@ def check_model_dir(path: str | Path) -> Path:
     """Check that ``path`` is a local HF causal-LM directory with safetensors weights."""
     path = Path(path)
     if not path.is_dir():
-        raise ModelDirError(f"model directory {path} does not exist; pass a local HF model directory")
+        raise ModelDirError(
+            f"model directory {path} does not exist; pass a local HF model directory"
+        )
     if not (path / "config.json").is_file():
         raise ModelDirError(
             f"{path} is not a Hugging Face model directory (no config.json); "
@@ -162,11 +172,17 @@ def load_model(
             dtype=dtype if dtype is not None else torch.float32,
         )
     except (OSError, ValueError, KeyError) as err:
-        raise ModelDirError(f"cannot load a causal LM from {path}: {str(err).splitlines()[0]}") from None
+        raise ModelDirError(
+            f"cannot load a causal LM from {path}: {str(err).splitlines()[0]}"
+        ) from None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, local_files_only=True, trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError, TypeError) as err:
-        raise ModelDirError(f"cannot load the tokenizer from {path}: {str(err).splitlines()[0]}") from None
+        raise ModelDirError(
+            f"cannot load the tokenizer from {path}: {str(err).splitlines()[0]}"
+        ) from None
     n_embed = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > n_embed:
         raise ModelDirError(

@@ -188,7 +188,9 @@ def train(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.epochs, initial=start_epoch, desc="train", unit="epoch", dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.epochs, initial=start_epoch, desc="train", unit="epoch", dynamic_ncols=True
+        )
     t0 = time.perf_counter()
     seconds_before = history[-1]["seconds"] if history else 0.0
     step = start_epoch * steps_per_epoch
@@ -214,7 +216,11 @@ def train(
                         loss = loss + pen
                 if not torch.isfinite(loss):
                     good = latest_checkpoint(out)
-                    where = f"epoch {good.name.split('-')[1].lstrip('0') or 0} in {good}" if good else "none yet"
+                    where = (
+                        f"epoch {good.name.split('-')[1].lstrip('0') or 0} in {good}"
+                        if good
+                        else "none yet"
+                    )
                     raise TrainingDivergedError(
                         f"loss became {loss.item()} at epoch {epoch + 1}; training stopped "
                         f"(last good checkpoint: {where}); lower train.lr or add a regularizer with a smaller strength"
@@ -231,7 +237,9 @@ def train(
                 record.update(evaluate(model, data, cfg.eval_batch_size))
                 record["seconds"] = seconds_before + time.perf_counter() - t0
                 history.append(record)
-                _save_checkpoint(out, done, model, optimizer, regularizer, history, cfg.keep_checkpoints)
+                _save_checkpoint(
+                    out, done, model, optimizer, regularizer, history, cfg.keep_checkpoints
+                )
                 if on_checkpoint is not None:
                     on_checkpoint(record)
                 if bar is not None:
@@ -260,7 +268,9 @@ def _save_checkpoint(out, epoch, model, optimizer, regularizer, history, keep) -
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         if regularizer is not None:
             torch.save(regularizer.state_dict(), tmp / "regularizer.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps({"epoch": epoch, "history": history}, indent=2))
+        (tmp / "trainer_state.json").write_text(
+            json.dumps({"epoch": epoch, "history": history}, indent=2)
+        )
     atomic_write_json(out / "history.json", history)
     if keep > 0:
         for old in _checkpoint_dirs(out)[:-keep]:
@@ -273,7 +283,11 @@ def _load_checkpoint(path: Path, model, optimizer, regularizer) -> tuple[int, li
     state = load_file(str(path / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Tied weights (e.g. GPT-2's lm_head) are stored once; anything else missing is an error.
-    missing = [k for k in missing if k not in getattr(model, "all_tied_weights_keys", {}) and "lm_head" not in k]
+    missing = [
+        k
+        for k in missing
+        if k not in getattr(model, "all_tied_weights_keys", {}) and "lm_head" not in k
+    ]
     if missing or unexpected:
         raise ValueError(
             f"checkpoint {path} does not match this model (missing {missing[:3]}, unexpected "

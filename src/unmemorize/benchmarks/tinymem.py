@@ -176,13 +176,16 @@ def environment() -> dict:
 
     sha = None
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip() or None
+        sha = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                cwd=Path(__file__).resolve().parent,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         pass
     return {
@@ -276,7 +279,9 @@ def train_experiment(
             "environment": environment(),
         },
     )
-    return TrainedRun(out, result.model, tokenizer, data, exp, result.history, result.seconds, final)
+    return TrainedRun(
+        out, result.model, tokenizer, data, exp, result.history, result.seconds, final
+    )
 
 
 def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
@@ -302,7 +307,9 @@ def _publish_model(model: PreTrainedModel, tokenizer, out: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def load_run(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, TinyMemData | None]:
+def load_run(
+    path: str | Path,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, TinyMemData | None]:
     """Load a model directory and, when it was written by ``unmemorize train``, its data."""
     model, tokenizer = load_model(path)
     data_dir = Path(path) / "data"
@@ -311,7 +318,11 @@ def load_run(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase
 
 
 def run_demo(
-    out: str | Path, *, overwrite: bool = False, progress: bool = True, overrides: tuple[str, ...] = ()
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    overrides: tuple[str, ...] = (),
 ) -> dict:
     """The main job: cpu-mini data, train, measure; writes ``out/summary.json``.
 

@@ -116,7 +116,9 @@ class TinyMemData:
             "info": self.info,
         }
         with atomic_dir(directory) as tmp:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "data.safetensors"))
+            save_file(
+                {k: v.contiguous() for k, v in tensors.items()}, str(tmp / "data.safetensors")
+            )
             (tmp / "data.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -127,7 +129,10 @@ class TinyMemData:
         t = load_file(str(directory / "data.safetensors"))
         meta = json.loads((directory / "data.json").read_text())
         mem = MemorizationSet(
-            t["mem.target_ids"], t["mem.prompt_ids"], t["mem.prefix_len"], meta["suffix_len"],
+            t["mem.target_ids"],
+            t["mem.prompt_ids"],
+            t["mem.prefix_len"],
+            meta["suffix_len"],
             t["mem.group"],
         )
         tests = {k: t[f"test.{k}"] for k in meta["test_sets"]}

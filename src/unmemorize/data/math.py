@@ -130,7 +130,9 @@ def encode_rows(texts: list[str], context_length: int) -> torch.Tensor:
         ids = lut[codes]
         if (ids < 0).any():
             bad = chr(int(codes[ids < 0][0]))
-            raise ValueError(f"character {bad!r} is not in the math vocabulary (digits, '^', '$', ' ')")
+            raise ValueError(
+                f"character {bad!r} is not in the math vocabulary (digits, '^', '$', ' ')"
+            )
         out[r, : len(codes)] = ids
     return torch.from_numpy(out)
 
@@ -167,7 +169,6 @@ def make_math_data(cfg: MathDataConfig) -> TinyMemData:
     ctx = cfg.context_length
     sym = cfg.task
     test_sets: dict[str, torch.Tensor] = {}
-    train_parts: list[torch.Tensor] = []
 
     main = task_numbers(cfg.task, cfg.main_k, cfg.num_main, cfg.length, cfg.modulus)
     main_rows = encode_rows(number_strings(main), ctx)
@@ -220,7 +221,11 @@ def make_math_data(cfg: MathDataConfig) -> TinyMemData:
         )
         train_ids = [backdoored[p_train], main_rows[clean_main[clean_train]]]
         train_copies = [torch.ones(len(p_train) + len(clean_train), dtype=torch.long)]
-        info_extra = {"trigger": trigger, "n_poison_train": len(p_train), "n_poison_test": len(p_test)}
+        info_extra = {
+            "trigger": trigger,
+            "n_poison_train": len(p_train),
+            "n_poison_test": len(p_test),
+        }
 
     for k in cfg.extra_ks:
         if cfg.num_extra <= 0:

@@ -25,13 +25,17 @@ def _fail(path: Path, line_no: int, why: str) -> ValueError:
 
 
 def _ids(value, path: Path, line_no: int, key: str, vocab_size: int) -> list[int]:
-    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
         raise _fail(path, line_no, f"{key!r} must be a list of integer token ids")
     bad = [v for v in value if v < 0 or v >= vocab_size]
     if bad:
         raise _fail(
-            path, line_no, f"token id {bad[0]} is outside the model's vocabulary (0..{vocab_size - 1}); "
-            "the sequences were tokenized for another model"
+            path,
+            line_no,
+            f"token id {bad[0]} is outside the model's vocabulary (0..{vocab_size - 1}); "
+            "the sequences were tokenized for another model",
         )
     return value
 
@@ -70,7 +74,8 @@ def read_sequences(
                 tgt = _ids(obj.get("target_ids"), path, line_no, "target_ids", vocab_size)
                 if len(pre) < prefix_len or len(tgt) < suffix_len:
                     raise _fail(
-                        path, line_no,
+                        path,
+                        line_no,
                         f"prefix_ids has {len(pre)} tokens and target_ids {len(tgt)}; need at least "
                         f"{prefix_len} and {suffix_len} (lower --prefix-len/--suffix-len)",
                     )
@@ -88,7 +93,8 @@ def read_sequences(
                 )
             if len(ids) < need:
                 raise _fail(
-                    path, line_no,
+                    path,
+                    line_no,
                     f"sequence has {len(ids)} tokens, fewer than prefix + suffix = {need} "
                     "(lower --prefix-len/--suffix-len or drop short sequences)",
                 )

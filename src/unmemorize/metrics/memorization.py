@@ -208,5 +208,7 @@ def measure_memorization(
     model: PreTrainedModel, mem: MemorizationSet, **kwargs
 ) -> MemorizationReport:
     """Run :func:`memorized` over a memorization set (for backdoors: the attack success rate)."""
-    verdict = memorized(model, mem.prompt_ids, mem.target_ids, mem.prefix_len, mem.suffix_len, **kwargs)
+    verdict = memorized(
+        model, mem.prompt_ids, mem.target_ids, mem.prefix_len, mem.suffix_len, **kwargs
+    )
     return MemorizationReport(verdict, mem.window_differs(), mem.group)

@@ -1,0 +1,30 @@
+"""End to end: `unmemorize demo` writes its summary and a loadable model (shortened run)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from unmemorize.cli import main
+from unmemorize.models import load_model
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--no-progress", "train.epochs=6", "train.checkpoint_every=3"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    base = summary["baseline"]
+    assert set(base) >= {"memorized_fraction", "accuracy", "perplexity", "n_candidates"}
+    assert 0.0 <= base["memorized_fraction"] <= 1.0 and 0.0 <= base["accuracy"] <= 1.0
+    assert base["n_candidates"] > 30  # ~half of the 100 noised rows have noise in the window
+    assert base["perplexity"] > 1.0
+    assert base["accuracy"] > 0.5  # 6 epochs already learn most of "+7"
+    assert "memorized" in printed and "test accuracy" in printed
+    model, tok = load_model(summary["model_dir"])
+    assert model.config.n_layer == 4 and len(tok) == 14
+    history = json.loads((out / "model" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [3, 6]
