@@ -67,11 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--out", default="unmemorize-demo", help="output directory (default: %(default)s)"
     )
-    demo.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    demo.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=60"
-    )
+    _add_run_options(demo)
 
     tr = sub.add_parser(
         "train",
@@ -87,11 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--variant", default="noise", help="noise | backdoor (default: %(default)s)")
     tr.add_argument("--out", required=True, help="output model directory")
-    tr.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    tr.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    tr.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.n_layers=2"
-    )
+    _add_run_options(tr)
 
     me = sub.add_parser(
         "measure",
@@ -124,6 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=["presets", "tasks", "regularizers", "keys"])
     ls.add_argument("--task", default="increment", help="task whose config keys to list")
     return parser
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the commands that train: --overwrite, --no-progress, overrides."""
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. train.epochs=60 model.n_layers=2 (`unmemorize ls keys`)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
