@@ -180,3 +180,14 @@ def test_interrupted_run_resumes_through_train_experiment(tmp_path):
     run = train_experiment(exp, tmp_path / "r", progress=False)
     assert [r["epoch"] for r in run.history] == [1, 2, 3]
     assert json.loads((tmp_path / "r" / "run.json").read_text())["resumed_from_epoch"] == 2
+
+
+def test_gpt_neox_trains_and_measures(tmp_path):
+    """Pythia's architecture goes through the same loop, metric and run directory."""
+    exp = make_experiment(
+        "cpu-mini", "increment", "noise", [*SMALL, "train.epochs=2", "model.arch=gpt_neox"]
+    )
+    run = train_experiment(exp, tmp_path / "neox", progress=False)
+    model, _ = load_model(tmp_path / "neox")
+    assert type(model).__name__ == "GPTNeoXForCausalLM"
+    assert run.final["n_candidates"] > 0 and 0.0 <= run.final["accuracy"] <= 1.0
