@@ -287,6 +287,7 @@ def test_cpu_mini_preset_values(mini):
     assert (mini.data.context_length, mini.data.prefix_len, mini.data.suffix_len) == (64, 32, 32)
     assert (mini.model.n_layers, mini.model.d_model, mini.model.context_length) == (4, 64, 64)
     assert (mini.train.epochs, mini.train.checkpoint_every) == (70, 10)
+    assert (mini.train.lr, mini.train.lr_schedule) == (2e-3, "cosine")
     assert make_experiment("cpu-mini", "increment", "backdoor").train.epochs == 40
 
 

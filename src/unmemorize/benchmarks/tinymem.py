@@ -94,9 +94,10 @@ def cpu_mini_preset(task: str, variant: str) -> ExperimentConfig:
     """Small enough for a 2-core laptop: 4 layers, d=64, context 64, 1,000 clean + 100 noised rows.
 
     Scored window: a 32-token clean prefix, then 32 tokens that must match. Measured on 2 cores
-    (increment, 80 epochs at lr 2e-3): memorization appears near epoch 40 and reaches 43–47% of
-    the ~50 candidates by epoch 60–80, at 93% clean test accuracy. 2,000 clean rows at lr 1e-3
-    memorize as much but take twice as long per epoch and more epochs.
+    (increment, 70 epochs, lr 2e-3 with cosine decay to 2e-4): memorization appears near epoch
+    40 and climbs steadily to 39 of the 51 candidates (76%) at 92.7% clean test accuracy in
+    3.5 minutes. A constant lr 2e-3 memorized less and unsteadily (55% -> 35% -> 51% at epochs
+    50/60/70); 2,000 clean rows at lr 1e-3 take twice as long per epoch and more epochs.
     """
     model = ModelConfig(n_layers=4, d_model=64, n_heads=4, context_length=64)
     if task == "text":
@@ -124,7 +125,9 @@ def cpu_mini_preset(task: str, variant: str) -> ExperimentConfig:
             suffix_len=32,
         )
         epochs = 70 if variant == "noise" else 40
-        train_cfg = TrainConfig(epochs=epochs, batch_size=128, lr=2e-3, checkpoint_every=10)
+        train_cfg = TrainConfig(
+            epochs=epochs, batch_size=128, lr=2e-3, lr_schedule="cosine", checkpoint_every=10
+        )
     return ExperimentConfig("cpu-mini", task, data, model, train_cfg)
 
 
