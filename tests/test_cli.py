@@ -303,3 +303,12 @@ def test_model_dir_is_never_modified(tiny_run, tmp_path, capsys):
     run_cli(capsys, "measure", "--model", tiny_run.out, "--json", tmp_path / "a.json")
     assert snapshot() == before
     assert torch.isfinite(next(tiny_run.model.parameters())).all()
+
+
+def test_overwrite_with_a_bad_option_keeps_the_old_output(tmp_path, capsys):
+    old = tmp_path / "demo"
+    old.mkdir()
+    (old / "summary.json").write_text("{}")
+    code, _, err = run_cli(capsys, "demo", "--out", old, "--overwrite", "train.epoch=3")
+    assert code == 2 and "did you mean 'train.epochs'" in err
+    assert (old / "summary.json").read_text() == "{}"  # validated before anything was cleared

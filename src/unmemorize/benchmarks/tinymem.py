@@ -34,7 +34,7 @@ from ..data.base import TinyMemData
 from ..data.math import MathDataConfig, make_math_data
 from ..data.text import TextDataConfig, make_text_data
 from ..data.tokenizers import math_tokenizer
-from ..io import atomic_write_json, check_output_dir
+from ..io import atomic_dir, atomic_write_json, prepare_output_dir
 from ..models import ModelConfig, build_model, count_parameters, load_model
 from ..registry import Registry, suggest
 from ..train import TrainConfig, evaluate, latest_checkpoint, train
@@ -231,9 +231,7 @@ def _prepare_run_dir(out: Path, exp: ExperimentConfig, overwrite: bool) -> bool:
                 "choose another --out or pass --overwrite to discard it"
             )
         return latest_checkpoint(out) is not None
-    check_output_dir(out, overwrite)
-    if out.is_dir() and overwrite:
-        shutil.rmtree(out)
+    prepare_output_dir(out, overwrite)
     return False
 
 
@@ -298,8 +296,6 @@ def _publish_model(model: PreTrainedModel, tokenizer, out: Path) -> None:
 
     Until ``model.safetensors`` lands, ``out`` has no weights and does not load as a model.
     """
-    from ..io import atomic_dir
-
     staging = out / ".final"
     with atomic_dir(staging) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -334,11 +330,9 @@ def run_demo(
         "n_candidates", ...}, "seconds": ..., "model_dir": ...}``.
     """
     out = Path(out)
-    check_output_dir(out, overwrite)
-    if out.is_dir() and overwrite:
-        shutil.rmtree(out)
     t0 = time.perf_counter()
-    exp = make_experiment("cpu-mini", "increment", "noise", overrides)
+    exp = make_experiment("cpu-mini", "increment", "noise", overrides)  # validate before clearing
+    prepare_output_dir(out, overwrite)
     run = train_experiment(exp, out / "model", progress=progress)
     metrics = run.final
     summary = {
