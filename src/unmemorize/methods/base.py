@@ -1,0 +1,534 @@
+"""The interface every mitigation method implements, and the pieces they share.
+
+A method is a class registered in :data:`METHODS` with a config dataclass (``Config``: the paper's
+defaults, one docstring line per field) and ``apply(model, data) -> UnlearnResult``. ``apply``
+never mutates its input: it deep-copies the model, edits the copy, and returns it.
+
+Shapes: U forget rows, R retain rows, T positions, F MLP width (neurons per layer).
+
+Families (``Method.family``):
+
+* ``"neuron"``: score every FFN neuron of every layer, remove the top ``ratio`` of each layer
+  (:class:`NeuronMethod`, which shares the edit).
+* ``"weight"``: score or learn per-weight masks on the MLP matrices and zero the chosen weights.
+* ``"finetune"``: continue training on clean data.
+* ``"dampening"``: scale weights down (SSD).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from transformers import PreTrainedModel
+
+from ..config import parse_value
+from ..data.base import TinyMemData
+from ..metrics.memorization import MemorizationReport, measure_memorization
+from ..mlp import MLPAdapter
+from ..registry import Registry, suggest
+from ..train import sequence_losses
+
+logger = logging.getLogger(__name__)
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+class MethodDivergedError(RuntimeError):
+    """A method produced a NaN/inf loss or weights; nothing is written."""
+
+
+class NothingToUnlearnError(ValueError):
+    """The forget set is empty: the model memorizes none of the given sequences."""
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class UnlearnData:
+    """What to forget and what to keep.
+
+    Attributes:
+        forget_ids: [U, T] the sequences the model memorized (the forget / unlearn set U).
+        retain_ids: [R, T] clean data whose behaviour must be kept (the retain set R). Rows equal
+            to a forget row are removed on construction: the original TinyMem code kept the
+            forget rows in R, which trains them back in.
+        pad_id: padding id (excluded from every loss), or None when rows hold no padding.
+        forget_prefix_len: [U] where the memorized continuation starts in each forget row (the
+            prompt length); None = unknown (methods that score only the continuation then use
+            the whole row).
+        forget_clean_ids: [U, T] the clean twin of each forget row (what the model should say
+            instead), used by ``finetune_clean``; None when there are no twins.
+    """
+
+    forget_ids: torch.Tensor
+    retain_ids: torch.Tensor
+    pad_id: int | None = None
+    forget_prefix_len: torch.Tensor | None = None
+    forget_clean_ids: torch.Tensor | None = None
+    n_retain_overlap_removed: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        for name in ("forget_ids", "retain_ids", "forget_clean_ids"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, torch.Tensor) or value.ndim != 2:
+                raise ValueError(f"{name} must be a 2-D token tensor [rows, positions]")
+            if value.dtype != torch.long:
+                setattr(self, name, value.long())
+        if len(self.forget_ids) == 0:
+            raise NothingToUnlearnError("the forget set is empty: nothing to unlearn")
+        t = self.forget_ids.shape[1]
+        if self.retain_ids.shape[1] != t and len(self.retain_ids):
+            raise ValueError(
+                f"forget rows have {t} positions but retain rows have "
+                f"{self.retain_ids.shape[1]}; pad or cut them to one length"
+            )
+        if self.forget_prefix_len is not None:
+            self.forget_prefix_len = torch.as_tensor(self.forget_prefix_len, dtype=torch.long)
+            if self.forget_prefix_len.shape != (len(self.forget_ids),):
+                raise ValueError("forget_prefix_len must hold one prompt length per forget row")
+        if self.forget_clean_ids is not None and self.forget_clean_ids.shape != (
+            self.forget_ids.shape
+        ):
+            raise ValueError("forget_clean_ids must have the shape of forget_ids")
+        if len(self.retain_ids):
+            forget_rows = {row.numpy().tobytes() for row in self.forget_ids}
+            keep = torch.tensor(
+                [row.numpy().tobytes() not in forget_rows for row in self.retain_ids],
+                dtype=torch.bool,
+            )
+            self.n_retain_overlap_removed = int((~keep).sum())
+            if self.n_retain_overlap_removed:
+                logger.info(
+                    "removed %d retain rows that are also forget rows",
+                    self.n_retain_overlap_removed,
+                )
+                self.retain_ids = self.retain_ids[keep]
+
+    @property
+    def n_forget(self) -> int:
+        return len(self.forget_ids)
+
+    @property
+    def n_retain(self) -> int:
+        return len(self.retain_ids)
+
+    def require_retain(self, method: str) -> None:
+        """Raise a clear error when ``method`` needs a retain set and there is none."""
+        if self.n_retain == 0:
+            raise ValueError(
+                f"{method} needs a retain set (clean data to keep); pass --retain FILE"
+            )
+
+    def continuation_mask(self) -> torch.Tensor:
+        """[U, T-1] bool: the next-token targets that belong to each row's memorized continuation.
+
+        Target position j predicts token j+1; the continuation starts at ``forget_prefix_len``, so
+        targets ``j >= prefix_len - 1`` count. Padding never counts.
+        """
+        u, t = self.forget_ids.shape
+        pos = torch.arange(t - 1)[None, :]
+        if self.forget_prefix_len is None:
+            mask = torch.ones(u, t - 1, dtype=torch.bool)
+        else:
+            mask = pos >= (self.forget_prefix_len[:, None] - 1).clamp(min=0)
+        if self.pad_id is not None:
+            mask &= self.forget_ids[:, 1:] != self.pad_id
+        return mask
+
+    @classmethod
+    def from_tinymem(
+        cls,
+        model: PreTrainedModel,
+        data: TinyMemData,
+        *,
+        report: MemorizationReport | None = None,
+        batch_size: int = 512,
+    ) -> tuple[UnlearnData, MemorizationReport]:
+        """Build the unlearning sets of a TinyMem run from what ``model`` memorizes now.
+
+        The forget set is the memorized candidates (for backdoors: the held-out triggered rows
+        on which the backdoor fires); the retain set is every training row that carries no noise
+        and no backdoor.
+
+        Raises:
+            NothingToUnlearnError: when the model memorizes none of the candidates.
+        """
+        if report is None:
+            report = measure_memorization(model, data.memorization, batch_size=batch_size)
+        idx = report.memorized_indices()
+        if len(idx) == 0:
+            raise NothingToUnlearnError(
+                f"nothing is memorized: 0 of {report.n_candidates} candidate sequences "
+                f"({report.memorized_fraction:.1%}); nothing to unlearn"
+            )
+        mem = data.memorization.subset(idx)
+        retain = data.train_ids[~artifact_rows(data)]
+        return (
+            cls(
+                forget_ids=mem.target_ids,
+                retain_ids=retain,
+                pad_id=data.pad_id,
+                forget_prefix_len=mem.prefix_len,
+                forget_clean_ids=mem.prompt_ids,
+            ),
+            report,
+        )
+
+
+def artifact_rows(data: TinyMemData) -> torch.Tensor:
+    """[N] bool: training rows that carry the noise or backdoor (never part of a retain set).
+
+    Noise: rows equal to a memorization target. Backdoor: the poisoned training rows, which both
+    TinyMem generators put first (``info["n_poison_train"]``).
+    """
+    targets = {row.numpy().tobytes() for row in data.memorization.target_ids}
+    mask = torch.tensor(
+        [row.numpy().tobytes() in targets for row in data.train_ids], dtype=torch.bool
+    )
+    n_poison = int(data.info.get("n_poison_train", 0) or 0)
+    mask[:n_poison] = True
+    return mask
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass
+class UnlearnResult:
+    """What a method returns.
+
+    Attributes:
+        model: the edited model (a new object; the input model is untouched).
+        seconds: wall-clock seconds of the method itself (scoring + edit / training).
+        changed_fraction: fraction of the edited units that changed (see ``changed_unit``).
+        changed_unit: what ``changed_fraction`` counts: ``"neurons"`` (of all MLP neurons),
+            ``"mlp_weights"`` (of all MLP weight entries), ``"parameters"`` (of all parameters).
+        changed_count: the number of changed units.
+        losses: the training-loss curve (one value per optimizer step), empty for one-shot edits.
+        info: method-specific facts (e.g. steps taken, early stop), JSON-able.
+    """
+
+    model: PreTrainedModel
+    seconds: float
+    changed_fraction: float
+    changed_unit: str
+    changed_count: int = 0
+    losses: list[float] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """JSON-able summary (everything but the model)."""
+        return {
+            "seconds": self.seconds,
+            "changed_fraction": self.changed_fraction,
+            "changed_unit": self.changed_unit,
+            "changed_count": self.changed_count,
+            "n_steps": len(self.losses),
+            "final_loss": self.losses[-1] if self.losses else None,
+            "info": self.info,
+        }
+
+
+# --------------------------------------------------------------------------- method
+
+
+class Method:
+    """Base class: subclasses set ``name``, ``family``, ``paper``, ``Config`` and ``run``.
+
+    ``run(model, data, config)`` edits ``model`` (already a private copy) in place and returns
+    ``(changed_count, changed_total, changed_unit, losses, info)`` as an :class:`Edit`.
+    """
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    Config: ClassVar[type] = object
+
+    def __init__(self, config: Any = None, **overrides: Any) -> None:
+        cfg = self.Config() if config is None else config
+        if overrides:
+            cfg = dataclasses.replace(cfg, **overrides)
+        validate = getattr(cfg, "validate", None)
+        if validate is not None:
+            validate()
+        self.config = cfg
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"
+
+    def apply(
+        self, model: PreTrainedModel, data: UnlearnData, *, progress: bool = False
+    ) -> UnlearnResult:
+        """Run the method on a copy of ``model``; the input model is never modified.
+
+        Raises:
+            MethodDivergedError: when a loss or an edited weight becomes NaN or infinite.
+        """
+        edited = copy.deepcopy(model)
+        edited.eval()
+        seed = getattr(self.config, "seed", 0)
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            edit = self.run(edited, data, progress)
+        seconds = time.perf_counter() - start
+        edited.eval()
+        for p in edited.parameters():
+            p.requires_grad_(True)
+        for name, param in edited.named_parameters():
+            if not torch.isfinite(param).all():
+                raise MethodDivergedError(
+                    f"{self.name} produced non-finite weights in {name}; lower its learning "
+                    "rate or ratio (nothing was written)"
+                )
+        return UnlearnResult(
+            model=edited,
+            seconds=seconds,
+            changed_fraction=edit.count / edit.total if edit.total else 0.0,
+            changed_unit=edit.unit,
+            changed_count=edit.count,
+            losses=edit.losses,
+            info=edit.info,
+        )
+
+    def run(self, model: PreTrainedModel, data: UnlearnData, progress: bool) -> Edit:
+        raise NotImplementedError
+
+    @classmethod
+    def describe(cls) -> dict:
+        """Name, family, paper and config fields with defaults and help (for ``ls methods``)."""
+        return {
+            "name": cls.name,
+            "family": cls.family,
+            "paper": cls.paper,
+            "summary": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
+            "config": config_fields(cls.Config),
+        }
+
+
+@dataclass
+class Edit:
+    """What :meth:`Method.run` did to the model."""
+
+    count: int
+    total: int
+    unit: str
+    losses: list[float] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+
+def config_fields(cls: type) -> list[dict]:
+    """[{name, default, help}] of a config dataclass; help is the docstring under each field."""
+    import ast
+    import inspect
+    import textwrap
+
+    helps: dict[str, str] = {}
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:], strict=False):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(getattr(nxt, "value", None), ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                helps[node.target.id] = " ".join(nxt.value.value.split())
+    except (OSError, TypeError, SyntaxError):
+        pass
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        out.append({"name": f.name, "default": default, "help": helps.get(f.name, "")})
+    return out
+
+
+def build_method(
+    name: str, overrides: Sequence[str] | dict[str, Any] = (), **kwargs: Any
+) -> Method:
+    """Instantiate a registered method from its name and ``key=value`` overrides (or a dict).
+
+    Raises:
+        UnknownNameError: for an unknown method or config key (with the nearest suggestion).
+        ValueError: for a value that does not parse or fails validation.
+    """
+    cls = METHODS.get(name)
+    fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+    hints = _type_hints(cls.Config)
+    values: dict[str, Any] = dict(kwargs)
+    items = overrides.items() if isinstance(overrides, dict) else _split_overrides(overrides)
+    for key, value in items:
+        if key not in fields:
+            raise suggest(key, list(fields), f"{name} option", f"(options: {', '.join(fields)})")
+        if isinstance(value, str):
+            try:
+                value = parse_value(value, hints[key])
+            except ValueError as err:
+                raise ValueError(f"{name} option {key}: {err}") from None
+        values[key] = value
+    return cls(**values)
+
+
+def _split_overrides(overrides: Sequence[str]) -> Iterator[tuple[str, str]]:
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"method option {item!r} is not of the form key=value (e.g. ratio=0.05)")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        yield (key[len("method.") :] if key.startswith("method.") else key), value.strip()
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    import typing
+
+    return typing.get_type_hints(cls)
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def check_ratio(ratio: float, what: str = "ratio") -> None:
+    """Raise a clear error unless ``0 < ratio < 1``."""
+    if not (isinstance(ratio, (int, float)) and 0 < ratio < 1):
+        raise ValueError(f"{what} must lie strictly between 0 and 1 (e.g. 0.05 = 5%), got {ratio}")
+
+
+def check_positive(value: float, what: str) -> None:
+    if not value > 0:
+        raise ValueError(f"{what} must be positive, got {value}")
+
+
+def check_finite_loss(loss: torch.Tensor, method: str, step: int) -> float:
+    """Return ``loss`` as a float, raising :class:`MethodDivergedError` if it is NaN/inf."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise MethodDivergedError(
+            f"{method} diverged: the loss became {value} at step {step}; lower its learning rate "
+            "(nothing was written)"
+        )
+    return value
+
+
+def row_batches(
+    n: int, batch_size: int, *, generator: torch.Generator | None = None, shuffle: bool = False
+) -> Iterator[torch.Tensor]:
+    """Yield index tensors covering ``range(n)`` in batches (shuffled with ``generator``)."""
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def model_device(model: PreTrainedModel) -> torch.device:
+    return next(model.parameters()).device
+
+
+def mean_sequence_loss(
+    model: PreTrainedModel, ids: torch.Tensor, pad_id: int | None
+) -> torch.Tensor:
+    """Mean over rows of each row's token-mean next-token cross-entropy (pad excluded); scalar."""
+    return sequence_losses(model, ids.to(model_device(model)), pad_id).mean()
+
+
+def forget_retain_batches(
+    data: UnlearnData, batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One shuffled epoch over U ∪ R: yields ``(ids [B, T], is_forget [B] bool)``.
+
+    The TinyMem loader for Greedy and BalancedSubnet (labels +1 for U, -1 for R).
+    """
+    ids = torch.cat([data.forget_ids, data.retain_ids])
+    is_forget = torch.zeros(len(ids), dtype=torch.bool)
+    is_forget[: data.n_forget] = True
+    for idx in row_batches(len(ids), batch_size, generator=generator, shuffle=True):
+        yield ids[idx], is_forget[idx]
+
+
+def freeze(model: PreTrainedModel) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+# --------------------------------------------------------------------------- neuron family
+
+
+class NeuronMethod(Method):
+    """Neuron-level methods: score every MLP neuron, remove the top ``ratio`` of each layer.
+
+    Subclasses implement ``score(model, data, progress) -> list[Tensor [F]]`` (one per layer,
+    higher = more responsible for the memorized sequences). The edit, shared by all, removes
+    ``floor(F * ratio)`` neurons per layer through :meth:`MLPAdapter.zero_neurons_` (exact layer
+    matching; the original code's substring match hit layers 10-19 for layer 1).
+    """
+
+    family = "neuron"
+
+    def score(self, model: PreTrainedModel, data: UnlearnData, progress: bool) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def run(self, model: PreTrainedModel, data: UnlearnData, progress: bool) -> Edit:
+        adapter = MLPAdapter(model)
+        scores = self.score(model, data, progress)
+        removed = remove_top_neurons_(adapter, scores, self.config.ratio)
+        return Edit(removed, adapter.neuron_count(), "neurons", info={"neurons_removed": removed})
+
+
+@torch.no_grad()
+def remove_top_neurons_(
+    adapter: MLPAdapter, scores: Sequence[torch.Tensor], ratio: float
+) -> int:
+    """Remove the ``floor(F * ratio)`` highest-scoring neurons of every layer; return the count."""
+    if len(scores) != adapter.n_layers:
+        raise ValueError(f"expected {adapter.n_layers} score vectors, got {len(scores)}")
+    removed = 0
+    for index, layer_scores in enumerate(scores):
+        width = adapter.layer(index).width
+        if layer_scores.shape != (width,):
+            raise ValueError(f"layer {index} scores have shape {tuple(layer_scores.shape)}")
+        if not torch.isfinite(layer_scores).all():
+            raise MethodDivergedError(f"neuron scores of layer {index} are not finite")
+        k = int(width * ratio)
+        if k == 0:
+            continue
+        top = torch.topk(layer_scores.float(), k).indices
+        adapter.zero_neurons_(index, top)
+        removed += k
+    return removed
+
+
+__all__ = [
+    "METHODS",
+    "Edit",
+    "Method",
+    "MethodDivergedError",
+    "NeuronMethod",
+    "NothingToUnlearnError",
+    "UnlearnData",
+    "UnlearnResult",
+    "artifact_rows",
+    "build_method",
+    "check_finite_loss",
+    "check_positive",
+    "check_ratio",
+    "config_fields",
+    "forget_retain_batches",
+    "freeze",
+    "mean_sequence_loss",
+    "model_device",
+    "remove_top_neurons_",
+    "row_batches",
+]
