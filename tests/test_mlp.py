@@ -9,9 +9,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 from torch import nn
+
 from unmemorize.mlp import MLPAdapter
 
-from .zoo import B, D, FAMILIES, F, T, V, make_model
+from .zoo import FAMILIES, B, D, F, T, V, make_model
+
 
 def inputs(seed: int = 1) -> torch.Tensor:
     return torch.randint(2, V, (B, T), generator=torch.Generator().manual_seed(seed))

@@ -22,7 +22,8 @@ examples:
   unmemorize train --preset cpu-mini --out runs/r train.epochs=120 train.regularizer=spectral_norm
   unmemorize measure --model runs/mult              memorized candidates of a TinyMem run
   unmemorize measure --model DIR --sequences seqs.jsonl --prefix-len 32 --suffix-len 32 --json out.json
-  unmemorize ls presets
+  unmemorize unlearn --model unmemorize-demo/model --method balanced_subnet --out runs/bs
+  unmemorize ls methods                             every method, its paper and its options
 """
 
 
@@ -31,6 +32,7 @@ class UserError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from .methods.base import MethodDivergedError
     from .models import ModelDirError
     from .train import TrainingDivergedError
 
@@ -43,6 +45,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         PermissionError,
         ModelDirError,
         TrainingDivergedError,
+        MethodDivergedError,
     )
 
 
@@ -112,8 +115,44 @@ def build_parser() -> argparse.ArgumentParser:
         "token-level score (fraction of the K tokens reproduced)",
     )
 
-    ls = sub.add_parser("ls", help="list presets, tasks, regularizers or config keys")
-    ls.add_argument("what", choices=["presets", "tasks", "regularizers", "keys"])
+    un = sub.add_parser(
+        "unlearn",
+        help="remove memorized sequences from a model with a mitigation method",
+        description="Apply an unlearning / fine-tuning / dampening method to a model and write "
+        "the edited model to --out with run.json (config, metrics before and after, score, "
+        "seconds). The input model is never modified. For a model trained by `unmemorize "
+        "train`, the memorized sequences are found automatically; otherwise pass --forget "
+        "(sequences to forget; only those the model currently reproduces are used) and --retain "
+        "(clean sequences whose behaviour must be kept).",
+        epilog="methods and their options: `unmemorize ls methods`\n"
+        "example: unmemorize unlearn --model runs/demo --method balanced_subnet --out runs/bs "
+        "ratio=0.1 epochs=40",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    un.add_argument("--model", required=True, help="local Hugging Face model directory")
+    un.add_argument("--method", required=True, help="method name (`unmemorize ls methods`)")
+    un.add_argument("--out", required=True, help="output directory for the edited model")
+    un.add_argument("--forget", help="jsonl of sequences to forget (same format as measure)")
+    un.add_argument("--retain", help="jsonl of clean sequences to keep (retain set)")
+    un.add_argument(
+        "--eval",
+        dest="eval_file",
+        help="jsonl of held-out sequences for accuracy/perplexity (default: the retain set)",
+    )
+    un.add_argument("--prefix-len", type=int, help="P for --forget files (default 32)")
+    un.add_argument("--suffix-len", type=int, help="K for --forget files (default 32)")
+    un.add_argument("--batch-size", type=int, default=512, help="sequences per metric pass")
+    un.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    un.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    un.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="method options, e.g. ratio=0.05 epochs=20 (`unmemorize ls methods`)",
+    )
+
+    ls = sub.add_parser("ls", help="list methods, presets, tasks, regularizers or config keys")
+    ls.add_argument("what", choices=["methods", "presets", "tasks", "regularizers", "keys"])
     ls.add_argument("--task", default="increment", help="task whose config keys to list")
     return parser
 
@@ -143,9 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _quiet_transformers()
     try:
-        handler = {"demo": cmd_demo, "train": cmd_train, "measure": cmd_measure, "ls": cmd_ls}[
-            args.command
-        ]
+        handler = {
+            "demo": cmd_demo,
+            "train": cmd_train,
+            "measure": cmd_measure,
+            "unlearn": cmd_unlearn,
+            "ls": cmd_ls,
+        }[args.command]
         return handler(args) or 0
     except BrokenPipeError:  # e.g. `unmemorize ls keys | head`
         sys.stderr.close()
@@ -310,11 +353,59 @@ def cmd_measure(args) -> int:
     return 0
 
 
+def cmd_unlearn(args) -> int:
+    from .unlearn import unlearn
+
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be positive")
+    record = unlearn(
+        args.model,
+        args.method,
+        args.out,
+        overrides=args.overrides,
+        forget=args.forget,
+        retain=args.retain,
+        eval_file=args.eval_file,
+        prefix_len=args.prefix_len,
+        suffix_len=args.suffix_len,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        batch_size=args.batch_size,
+    )
+    before, after = record["before"], record["after"]
+    res = record["result"]
+    print(
+        f"{record['method']}: forgot {record['data']['n_forget']} memorized sequences "
+        f"(retain set {record['data']['n_retain']}) in {res['seconds']:.1f} s -> {args.out}"
+    )
+    print(f"  {'':<20}{'before':>10}{'after':>10}")
+    print(
+        f"  {'memorized':<20}{before['memorized_fraction']:>10.1%}{after['memorized_fraction']:>10.1%}"
+        f"   ({before['n_memorized']} -> {after['n_memorized']} of {after['n_candidates']})"
+    )
+    for key in ("accuracy", "perplexity"):
+        if key in before:
+            fmt = ".1%" if key == "accuracy" else ".3f"
+            print(f"  {key:<20}{before[key]:>10{fmt}}{after[key]:>10{fmt}}")
+    print(f"  changed {res['changed_fraction']:.2%} of {res['changed_unit']}", end="")
+    print("" if record["score"] is None else f"   score {record['score']:+.3f} (lower is better)")
+    return 0
+
+
 def cmd_ls(args) -> int:
     from .benchmarks.tinymem import PRESETS, TASKS, make_experiment
     from .config import all_keys
 
-    if args.what == "presets":
+    if args.what == "methods":
+        from .unlearn import describe_methods
+
+        for d in describe_methods():
+            print(f"{d['name']}  [{d['family']}]  {d['summary']}")
+            print(f"    paper: {d['paper']}")
+            for f in d["config"]:
+                print(f"    {f['name']} = {f['default']!r}  {f['help']}")
+            print()
+    elif args.what == "presets":
         for name in PRESETS.names():
             doc = (PRESETS.get(name).__doc__ or "").strip().splitlines()[0]
             print(f"{name:<10} {doc}")

@@ -83,19 +83,25 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def check_output_dir(path: str | Path, overwrite: bool) -> Path:
+    """Refuse an existing file, or a non-empty directory unless ``overwrite``; change nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"output {path} exists and is a file; choose another --out")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"output directory {path} exists and is not empty; choose another --out or pass --overwrite"
+        )
+    return path
+
+
 def prepare_output_dir(path: str | Path, overwrite: bool) -> Path:
     """Refuse an existing, non-empty output directory unless ``overwrite``; with it, empty it.
 
     Call this only once the inputs have been validated, so that a bad option never costs the
     user the previous output.
     """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"output {path} exists and is a file; choose another --out")
+    path = check_output_dir(path, overwrite)
     if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise FileExistsError(
-                f"output directory {path} exists and is not empty; choose another --out or pass --overwrite"
-            )
         shutil.rmtree(path)
     return path

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,13 +200,21 @@ def save_model(
     tokenizer: PreTrainedTokenizerBase | None,
     path: str | Path,
     extra_files: dict[str, str] | None = None,
+    extra_dirs: dict[str, str | Path] | None = None,
 ) -> Path:
-    """Write a model directory (safetensors weights, config, tokenizer, extra text files) atomically."""
+    """Write a model directory atomically: safetensors weights, config, tokenizer, extra files.
+
+    Args:
+        extra_files: file name -> text to write beside the model (e.g. ``run.json``).
+        extra_dirs: directory name -> existing directory to copy in (e.g. a run's ``data/``).
+    """
     path = Path(path)
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        for name, source in (extra_dirs or {}).items():
+            shutil.copytree(source, tmp / name)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
     return path

@@ -387,7 +387,9 @@ def build_method(
 def _split_overrides(overrides: Sequence[str]) -> Iterator[tuple[str, str]]:
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"method option {item!r} is not of the form key=value (e.g. ratio=0.05)")
+            raise ValueError(
+                f"method option {item!r} is not of the form key=value (e.g. ratio=0.05)"
+            )
         key, value = item.split("=", 1)
         key = key.strip()
         yield (key[len("method.") :] if key.startswith("method.") else key), value.strip()
@@ -477,7 +479,9 @@ class NeuronMethod(Method):
 
     family = "neuron"
 
-    def score(self, model: PreTrainedModel, data: UnlearnData, progress: bool) -> list[torch.Tensor]:
+    def score(
+        self, model: PreTrainedModel, data: UnlearnData, progress: bool
+    ) -> list[torch.Tensor]:
         raise NotImplementedError
 
     def run(self, model: PreTrainedModel, data: UnlearnData, progress: bool) -> Edit:
@@ -488,9 +492,7 @@ class NeuronMethod(Method):
 
 
 @torch.no_grad()
-def remove_top_neurons_(
-    adapter: MLPAdapter, scores: Sequence[torch.Tensor], ratio: float
-) -> int:
+def remove_top_neurons_(adapter: MLPAdapter, scores: Sequence[torch.Tensor], ratio: float) -> int:
     """Remove the ``floor(F * ratio)`` highest-scoring neurons of every layer; return the count."""
     if len(scores) != adapter.n_layers:
         raise ValueError(f"expected {adapter.n_layers} score vectors, got {len(scores)}")

@@ -1,0 +1,87 @@
+"""The TinyMem paper's rule for choosing the best run of a method (lower score is better).
+
+Sakarvadia et al. 2024 (arXiv 2410.02159) rank unlearning runs by one number that rewards removing
+memorization and penalizes hurting the model, all as changes *relative to the unedited model*:
+
+* perplexity form (language models, Pythia)::
+
+      score = (mem - mem_base) / mem_base + (ppl - ppl_base) / ppl_base      (+100 if mem == mem_base)
+
+* accuracy form (TinyMem math; reconstructed from the stored ``score`` column)::
+
+      score = (mem - mem_base) / mem_base - mean_i (acc_i - acc_i_base) / acc_i_base   (+100 ...)
+
+  where i runs over the math test sets (one per task).
+
+The +100 penalty keeps runs that did not change memorization at all out of first place. A perfect
+run scores -1 (all memorization removed, utility unchanged).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+NO_CHANGE_PENALTY = 100.0
+
+
+def selection_score(
+    baseline: Mapping[str, float],
+    edited: Mapping[str, float],
+    *,
+    utility: str = "auto",
+) -> float:
+    """Score one run against the unedited model (lower is better).
+
+    Args:
+        baseline: metrics of the unedited model: ``memorized_fraction`` and either
+            ``accuracy/<set>`` entries (accuracy form) or ``perplexity`` (perplexity form).
+        edited: the same metrics after the method.
+        utility: ``"accuracy"``, ``"perplexity"`` or ``"auto"`` (accuracy when the metrics hold
+            per-set accuracies, as TinyMem math runs do, else perplexity).
+
+    Returns:
+        The score; NaN when the baseline memorizes nothing (there is nothing to compare against).
+
+    Raises:
+        ValueError: for an unknown ``utility`` or missing metrics.
+    """
+    if utility not in ("auto", "accuracy", "perplexity"):
+        raise ValueError(f"utility must be 'auto', 'accuracy' or 'perplexity', got {utility!r}")
+    mem_base = float(baseline["memorized_fraction"])
+    if mem_base == 0:
+        return math.nan
+    mem_diff = (float(edited["memorized_fraction"]) - mem_base) / mem_base
+    acc_keys = sorted(k for k in baseline if k.startswith("accuracy/"))
+    if utility == "auto":
+        utility = "accuracy" if acc_keys else "perplexity"
+    if utility == "accuracy":
+        if not acc_keys:
+            acc_keys = ["accuracy"]
+        missing = [k for k in acc_keys if k not in edited]
+        if missing:
+            raise ValueError(f"edited metrics lack {missing[0]!r}")
+        changes = [(float(edited[k]) - float(baseline[k])) / float(baseline[k]) for k in acc_keys]
+        score = mem_diff - sum(changes) / len(changes)
+    else:
+        ppl_base = float(baseline["perplexity"])
+        score = mem_diff + (float(edited["perplexity"]) - ppl_base) / ppl_base
+    if mem_diff == 0:
+        score += NO_CHANGE_PENALTY
+    return score
+
+
+def rank(rows: Iterable[Mapping], key: str = "score") -> list[Mapping]:
+    """Rows sorted best first by ``key`` (NaN last)."""
+    return sorted(rows, key=lambda r: (math.isnan(r[key]), r[key]))
+
+
+def best_per(rows: Iterable[Mapping], group: str = "method", key: str = "score") -> list[Mapping]:
+    """The best row of each ``group`` value (the first on ties), ranked best first."""
+    best: dict = {}
+    for row in rank(rows, key):
+        best.setdefault(row[group], row)
+    return list(best.values())
+
+
+__all__ = ["NO_CHANGE_PENALTY", "best_per", "rank", "selection_score"]

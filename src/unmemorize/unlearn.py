@@ -1,0 +1,271 @@
+"""Unlearn memorized sequences from a model directory: load -> find forget set -> apply -> measure.
+
+The library behind ``unmemorize unlearn``. Two sources of sequences:
+
+* a model trained by ``unmemorize train`` (a TinyMem run): the forget set is found automatically
+  (the candidates the model memorizes now), the retain set is the clean training rows, and the
+  run's own test sets measure utility;
+* any local causal LM with ``forget`` (and usually ``retain``) sequence files: the forget set is
+  the file's sequences that the model memorizes now; utility is measured on ``eval`` rows
+  (default: the retain rows, recorded as such).
+
+The output directory is a loadable model directory plus ``run.json`` (method, config, before and
+after metrics, score, seconds, environment); for TinyMem runs the ``data/`` folder is copied too,
+so ``unmemorize measure --model OUT`` works on the edited model. It is written atomically and only
+after the method succeeded: a diverged method writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .data.base import TinyMemData
+from .data.sequences import read_sequences
+from .io import check_output_dir
+from .methods import METHODS, Method, NothingToUnlearnError, UnlearnData, build_method
+from .metrics.memorization import memorized
+from .metrics.selection import selection_score
+from .metrics.utility import accuracy_and_perplexity
+from .models import save_model
+
+logger = logging.getLogger(__name__)
+
+Evaluator = Callable[[PreTrainedModel], dict]
+
+
+@dataclass
+class UnlearnSetup:
+    """A loaded model with its unlearning data and the way to measure it."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    data: UnlearnData
+    evaluate: Evaluator
+    baseline: dict
+    source: dict
+    tinymem: TinyMemData | None = None
+
+
+def _context_length(model: PreTrainedModel) -> int | None:
+    cfg = model.config
+    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+
+
+def prepare(
+    model_dir: str | Path,
+    *,
+    forget: str | Path | None = None,
+    retain: str | Path | None = None,
+    eval_file: str | Path | None = None,
+    prefix_len: int | None = None,
+    suffix_len: int | None = None,
+    batch_size: int = 512,
+) -> UnlearnSetup:
+    """Load ``model_dir`` and build the forget/retain sets and the evaluator.
+
+    Raises:
+        NothingToUnlearnError: the model memorizes none of the forget candidates.
+        ValueError / FileNotFoundError / ModelDirError: bad inputs, with how to fix them.
+    """
+    from .benchmarks.tinymem import load_run
+    from .train import evaluate as evaluate_tinymem
+
+    model, tokenizer, run_data = load_run(model_dir)
+    model.eval()
+    if forget is None:
+        if run_data is None:
+            raise ValueError(
+                f"{model_dir} was not trained by `unmemorize train`, so its memorized sequences "
+                "are unknown; pass --forget FILE (and --retain FILE)"
+            )
+        if prefix_len is not None or suffix_len is not None:
+            raise ValueError(
+                "--prefix-len/--suffix-len apply to --forget; a run uses its own window"
+            )
+        baseline = evaluate_tinymem(model, run_data, batch_size=batch_size)
+        if baseline["n_memorized"] == 0:
+            raise NothingToUnlearnError(
+                f"nothing is memorized: 0 of {baseline['n_candidates']} candidate sequences "
+                f"({baseline['memorized_fraction']:.1%}); nothing to unlearn"
+            )
+        data, _ = UnlearnData.from_tinymem(model, run_data, batch_size=batch_size)
+        if retain is not None:
+            data = dataclasses.replace(data, retain_ids=_read(retain, model, tokenizer, data))
+        return UnlearnSetup(
+            model,
+            tokenizer,
+            data,
+            lambda m: evaluate_tinymem(m, run_data, batch_size=batch_size),
+            baseline,
+            {"forget": "memorized candidates of the run", "retain": str(retain or "clean rows")},
+            run_data,
+        )
+
+    p = prefix_len if prefix_len is not None else 32
+    k = suffix_len if suffix_len is not None else 32
+    ctx = _context_length(model)
+    if ctx is not None and p + k > ctx:
+        raise ValueError(f"prefix + suffix = {p + k} exceeds the model's context of {ctx} tokens")
+    vocab = model.get_input_embeddings().weight.shape[0]
+    candidates = read_sequences(forget, tokenizer, vocab, p, k)
+    retain_ids = (
+        read_sequences(retain, tokenizer, vocab, p, k)
+        if retain is not None
+        else torch.empty(0, p + k, dtype=torch.long)
+    )
+    eval_ids = read_sequences(eval_file, tokenizer, vocab, p, k) if eval_file else retain_ids
+    pad_id = None  # rows read from files are cut to P + K tokens: no padding
+
+    def evaluate(m: PreTrainedModel) -> dict:
+        verdict = memorized(m, candidates, candidates, p, k, batch_size=batch_size)
+        out = {
+            "memorized_fraction": float(verdict.float().mean()),
+            "n_memorized": int(verdict.sum()),
+            "n_candidates": len(candidates),
+        }
+        if len(eval_ids):
+            acc, ppl = accuracy_and_perplexity(m, eval_ids, pad_id, batch_size=batch_size)
+            out.update({"accuracy": acc, "perplexity": ppl})
+        return out
+
+    baseline = evaluate(model)
+    verdict = memorized(model, candidates, candidates, p, k, batch_size=batch_size)
+    if not bool(verdict.any()):
+        raise NothingToUnlearnError(
+            f"nothing is memorized: 0 of the {len(candidates)} sequences in {forget} are "
+            f"reproduced from their first {p} tokens ({k} must match); nothing to unlearn"
+        )
+    data = UnlearnData(
+        forget_ids=candidates[verdict],
+        retain_ids=retain_ids,
+        pad_id=pad_id,
+        forget_prefix_len=torch.full((int(verdict.sum()),), p),
+    )
+    source = {
+        "forget": str(forget),
+        "retain": None if retain is None else str(retain),
+        "utility_on": str(eval_file or retain or "nothing"),
+        "prefix_len": p,
+        "suffix_len": k,
+    }
+    return UnlearnSetup(model, tokenizer, data, evaluate, baseline, source)
+
+
+def _read(path, model, tokenizer, data: UnlearnData) -> torch.Tensor:
+    """Retain rows from a file, cut to the run's row length (a TinyMem run's context)."""
+    t = data.forget_ids.shape[1]
+    vocab = model.get_input_embeddings().weight.shape[0]
+    half = t // 2
+    return read_sequences(path, tokenizer, vocab, half, t - half)
+
+
+def unlearn(
+    model_dir: str | Path,
+    method: str | Method,
+    out: str | Path,
+    *,
+    overrides: Sequence[str] = (),
+    forget: str | Path | None = None,
+    retain: str | Path | None = None,
+    eval_file: str | Path | None = None,
+    prefix_len: int | None = None,
+    suffix_len: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    batch_size: int = 512,
+) -> dict:
+    """Apply a method to the model in ``model_dir`` and write the edited model to ``out``.
+
+    Returns:
+        The ``run.json`` record: method, config, data sizes, ``before``/``after`` metrics, the
+        selection ``score`` (lower is better), the method's own summary and seconds.
+    """
+    from .benchmarks.tinymem import environment
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    if out.resolve() == Path(model_dir).resolve():
+        raise ValueError("--out must differ from --model: the input model is never modified")
+    check_output_dir(out, overwrite)
+    m = method if isinstance(method, Method) else build_method(method, list(overrides))
+    setup = prepare(
+        model_dir,
+        forget=forget,
+        retain=retain,
+        eval_file=eval_file,
+        prefix_len=prefix_len,
+        suffix_len=suffix_len,
+        batch_size=batch_size,
+    )
+    logger.info(
+        "unlearning %d forget rows (retain %d) with %s",
+        setup.data.n_forget,
+        setup.data.n_retain,
+        m.name,
+    )
+    result = m.apply(setup.model, setup.data, progress=progress)
+    after = setup.evaluate(result.model)
+    record = {
+        "kind": "unlearn",
+        "method": m.name,
+        "family": m.family,
+        "config": dataclasses.asdict(m.config),
+        "model": str(model_dir),
+        "data": {
+            **setup.source,
+            "n_forget": setup.data.n_forget,
+            "n_retain": setup.data.n_retain,
+            "n_retain_overlap_removed": setup.data.n_retain_overlap_removed,
+        },
+        "before": setup.baseline,
+        "after": after,
+        "score": _score(setup.baseline, after),
+        "result": result.summary(),
+        "seconds": time.perf_counter() - t0,
+        "environment": environment(),
+    }
+    extra_dirs = {}
+    if setup.tinymem is not None and (Path(model_dir) / "data").is_dir():
+        extra_dirs["data"] = Path(model_dir) / "data"
+    save_model(
+        result.model,
+        setup.tokenizer,
+        out,
+        extra_files={"run.json": json.dumps(record, indent=2, default=_jsonable)},
+        extra_dirs=extra_dirs,
+    )
+    return record
+
+
+def _score(before: dict, after: dict) -> float | None:
+    """The selection score, or None when no utility was measured (no retain/eval rows)."""
+    if "perplexity" not in before and not any(k.startswith("accuracy/") for k in before):
+        return None
+    return selection_score(before, after)
+
+
+def _jsonable(value):
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float):
+        return value
+    raise TypeError(f"not JSON-serializable: {type(value).__name__}")
+
+
+def describe_methods() -> list[dict]:
+    """Every registered method's name, family, paper, summary and config fields."""
+    return [METHODS.get(name).describe() for name in METHODS.names()]
+
+
+__all__ = ["UnlearnSetup", "describe_methods", "prepare", "unlearn"]
