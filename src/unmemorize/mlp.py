@@ -52,7 +52,10 @@ ActivationHook = Callable[[nn.Module, torch.Tensor], "torch.Tensor | None"]
 
 
 def _supported_text() -> str:
-    return "; ".join(f"{k}: {v}" for k, v in SUPPORTED_LAYOUTS.items())
+    return (
+        "; ".join(f"{k}: {v}" for k, v in SUPPORTED_LAYOUTS.items())
+        + ". To add a family, teach MLPAdapter._detect in unmemorize/mlp.py its module names"
+    )
 
 
 def _is_conv1d(module: nn.Module) -> bool:

@@ -35,6 +35,7 @@ from .methods import METHODS, Method, NothingToUnlearnError, UnlearnData, build_
 from .metrics.memorization import memorized
 from .metrics.selection import selection_score
 from .metrics.utility import accuracy_and_perplexity
+from .mlp import MLPAdapter
 from .models import save_model
 
 logger = logging.getLogger(__name__)
@@ -69,8 +70,12 @@ def prepare(
     prefix_len: int | None = None,
     suffix_len: int | None = None,
     batch_size: int = 512,
+    check_model: Callable[[PreTrainedModel], object] | None = None,
 ) -> UnlearnSetup:
     """Load ``model_dir`` and build the forget/retain sets and the evaluator.
+
+    ``check_model`` is called on the loaded model before any measurement (e.g. to reject an
+    architecture the method cannot edit before minutes of work).
 
     Raises:
         NothingToUnlearnError: the model memorizes none of the forget candidates.
@@ -81,6 +86,8 @@ def prepare(
 
     model, tokenizer, run_data = load_run(model_dir)
     model.eval()
+    if check_model is not None:
+        check_model(model)
     if forget is None:
         if run_data is None:
             raise ValueError(
@@ -205,6 +212,7 @@ def unlearn(
         prefix_len=prefix_len,
         suffix_len=suffix_len,
         batch_size=batch_size,
+        check_model=MLPAdapter if m.family in ("neuron", "weight") else None,
     )
     logger.info(
         "unlearning %d forget rows (retain %d) with %s",

@@ -15,8 +15,10 @@ Presets (:data:`PRESETS`): ``paper`` (the paper's exact sizes, for GPU users) an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -25,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -35,6 +38,9 @@ from ..data.math import MathDataConfig, make_math_data
 from ..data.text import TextDataConfig, make_text_data
 from ..data.tokenizers import math_tokenizer
 from ..io import atomic_dir, atomic_write_json, prepare_output_dir
+from ..metrics.memorization import measure_memorization
+from ..metrics.selection import best_per, rank, selection_score
+from ..metrics.utility import evaluate_utility
 from ..models import ModelConfig, build_model, count_parameters, load_model
 from ..registry import Registry, suggest
 from ..train import TrainConfig, evaluate, latest_checkpoint, train
@@ -316,50 +322,168 @@ def load_run(
     return model, tokenizer, data
 
 
+#: The demo's per-method grids on the cpu-mini increment model (``key=value`` method options);
+#: each method's best run by :func:`~unmemorize.metrics.selection.selection_score` is reported.
+DEMO_GRID: dict[str, list[list[str]]] = {
+    "zero_out": [["ratio=0.05"]],
+    "activations": [["ratio=0.05"]],
+    "slimming": [["ratio=0.05"]],
+    "hard_concrete": [["ratio=0.05"]],
+    "integrated_gradients": [["ratio=0.05"]],
+    "greedy": [["ratio=0.001"]],
+    "durable": [["ratio=0.01"]],
+    "durable_agg": [["ratio=0.01"]],
+    "second_order": [["ratio=0.01"]],
+    "subnet": [["ratio=0.05"]],
+    "balanced_subnet": [["ratio=0.1"]],
+    "finetune_clean": [[]],
+    "finetune_extra": [[]],
+    "finetune_both": [[]],
+    "ssd": [[]],
+}
+
+
+def evaluate_edit(
+    model: PreTrainedModel, data: TinyMemData, forget_index: torch.Tensor
+) -> dict[str, Any]:
+    """Memorization and utility of an (edited) model, plus how many originally memorized rows remain.
+
+    Args:
+        forget_index: indices into ``data.memorization`` of the rows the unedited model memorized.
+    """
+    report = measure_memorization(model, data.memorization)
+    still = int(report.memorized[forget_index].sum())
+    out: dict[str, Any] = {
+        "memorized_fraction": report.memorized_fraction,
+        "n_memorized": report.n_memorized,
+        "n_candidates": report.n_candidates,
+        "n_still_memorized": still,
+        "still_memorized_fraction": still / len(forget_index) if len(forget_index) else 0.0,
+    }
+    out.update(evaluate_utility(model, data.test_sets, data.pad_id))
+    return out
+
+
+def run_methods(
+    model: PreTrainedModel,
+    data: TinyMemData,
+    grid: dict[str, list[list[str]]],
+    *,
+    progress: bool = True,
+) -> tuple[dict, list[dict]]:
+    """Apply every method configuration of ``grid`` to ``model`` and measure each edited model.
+
+    Returns:
+        ``(baseline, runs)``: the unedited model's metrics and one row per configuration (method,
+        family, config, metrics, seconds, score, changed fraction), best first.
+
+    Raises:
+        NothingToUnlearnError: when the model memorizes nothing.
+    """
+    from tqdm.auto import tqdm
+
+    from ..methods import MethodDivergedError, UnlearnData, build_method
+
+    unlearn_data, report = UnlearnData.from_tinymem(model, data)
+    forget_index = report.memorized_indices()
+    baseline = evaluate_edit(model, data, forget_index)
+    jobs = [(name, overrides) for name, configs in grid.items() for overrides in configs]
+    runs: list[dict] = []
+    bar = tqdm(jobs, desc="methods", unit="run", disable=not progress)
+    for name, overrides in bar:
+        bar.set_postfix_str(name)
+        method = build_method(name, overrides)
+        row: dict[str, Any] = {
+            "method": name,
+            "family": method.family,
+            "config": dataclasses.asdict(method.config),
+            "overrides": list(overrides),
+        }
+        try:
+            result = method.apply(model, unlearn_data)
+        except MethodDivergedError as err:
+            log.warning("%s %s diverged: %s", name, overrides, err)
+            runs.append({**row, "error": str(err), "score": math.nan})
+            continue
+        after = evaluate_edit(result.model, data, forget_index)
+        runs.append(
+            {
+                **row,
+                **after,
+                "seconds": result.seconds,
+                "changed_fraction": result.changed_fraction,
+                "changed_unit": result.changed_unit,
+                "score": selection_score(baseline, after),
+            }
+        )
+    return baseline, rank(runs)
+
+
 def run_demo(
     out: str | Path,
     *,
     overwrite: bool = False,
     progress: bool = True,
     overrides: tuple[str, ...] = (),
+    methods: tuple[str, ...] | None = None,
 ) -> dict:
-    """The main job: cpu-mini data, train, measure; writes ``out/summary.json``.
+    """The main job: cpu-mini data, train, measure, then every mitigation method; ``summary.json``.
+
+    Args:
+        methods: run only these methods (default: every method of :data:`DEMO_GRID`); an empty
+            tuple skips unlearning.
 
     Returns:
-        The summary: ``{"baseline": {"memorized_fraction", "accuracy", "perplexity",
-        "n_candidates", ...}, "seconds": ..., "model_dir": ...}``.
+        The summary: ``{"baseline": {...}, "methods": {name: {"memorized_fraction", "accuracy",
+        "perplexity", "seconds", "score", "config", ...}}, "runs": [...], "seconds": ...}``;
+        ``methods`` holds each method's best run (lowest score), best first.
     """
+    from ..methods import METHODS, NothingToUnlearnError
+
     out = Path(out)
     t0 = time.perf_counter()
     exp = make_experiment("cpu-mini", "increment", "noise", overrides)  # validate before clearing
+    names = list(DEMO_GRID) if methods is None else list(methods)
+    for name in names:
+        METHODS.get(name)  # unknown names fail before any work
     prepare_output_dir(out, overwrite)
     run = train_experiment(exp, out / "model", progress=progress)
-    metrics = run.final
-    summary = {
+    summary: dict[str, Any] = {
         "experiment": exp.to_dict(),
         "model_dir": str(run.out),
-        "baseline": {
-            "memorized_fraction": metrics["memorized_fraction"],
-            "n_memorized": metrics["n_memorized"],
-            "n_candidates": metrics["n_candidates"],
-            "accuracy": metrics["accuracy"],
-            "perplexity": metrics["perplexity"],
-        },
         "train_seconds": run.seconds,
-        "seconds": time.perf_counter() - t0,
-        "environment": environment(),
     }
+    grid = {name: DEMO_GRID.get(name, [[]]) for name in names}
+    try:
+        baseline, runs = run_methods(run.model, run.data, grid, progress=progress)
+    except NothingToUnlearnError as err:
+        log.warning("%s", err)
+        final = run.final
+        baseline = {k: final[k] for k in ("memorized_fraction", "n_memorized", "n_candidates")}
+        baseline.update(
+            {k: v for k, v in final.items() if k.startswith(("accuracy", "perplexity"))}
+        )
+        runs = []
+        summary["methods_skipped"] = str(err)
+    summary["baseline"] = baseline
+    summary["methods"] = {row["method"]: row for row in best_per(runs)}
+    summary["runs"] = runs
+    summary["seconds"] = time.perf_counter() - t0
+    summary["environment"] = environment()
     atomic_write_json(out / "summary.json", summary)
     return summary
 
 
 __all__ = [
     "PRESETS",
+    "DEMO_GRID",
     "ExperimentConfig",
     "TrainedRun",
     "build_data",
     "load_run",
+    "evaluate_edit",
     "make_experiment",
     "run_demo",
+    "run_methods",
     "train_experiment",
 ]

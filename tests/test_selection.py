@@ -1,0 +1,61 @@
+"""The TinyMem paper's selection score (lower is better)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from unmemorize.metrics.selection import NO_CHANGE_PENALTY, best_per, rank, selection_score
+
+
+def test_accuracy_form_matches_the_papers_stored_row() -> None:
+    # toy_loc_avg.csv row 1: perc_mem_diff -0.25, mean acc diff -0.00113 -> score -0.24887
+    base = {"memorized_fraction": 0.4, "accuracy/a": 1.0, "accuracy/b": 1.0}
+    edited = {"memorized_fraction": 0.3, "accuracy/a": 1 - 0.00113, "accuracy/b": 1 - 0.00113}
+    assert selection_score(base, edited) == pytest.approx(-0.25 + 0.00113)
+
+
+def test_accuracy_form_averages_relative_changes_per_test_set() -> None:
+    base = {"memorized_fraction": 0.5, "accuracy/a": 0.8, "accuracy/b": 0.5, "perplexity": 2.0}
+    edited = {"memorized_fraction": 0.0, "accuracy/a": 0.4, "accuracy/b": 0.5, "perplexity": 9.0}
+    # mem -1; accuracy changes -0.5 and 0 -> mean -0.25; perplexity ignored in accuracy form
+    assert selection_score(base, edited) == pytest.approx(-1 + 0.25)
+
+
+def test_perplexity_form_and_no_change_penalty() -> None:
+    base = {"memorized_fraction": 0.5, "perplexity": 20.0}
+    edited = {"memorized_fraction": 0.05, "perplexity": 22.0}
+    assert selection_score(base, edited) == pytest.approx(-0.9 + 0.1)
+    same = {"memorized_fraction": 0.5, "perplexity": 20.0}
+    assert selection_score(base, same) == pytest.approx(NO_CHANGE_PENALTY)
+    forced = selection_score(
+        {**base, "accuracy/x": 0.5}, {**edited, "accuracy/x": 0.5}, utility="perplexity"
+    )
+    assert forced == pytest.approx(-0.8)
+
+
+def test_nothing_memorized_gives_nan_and_bad_input_raises() -> None:
+    assert math.isnan(
+        selection_score(
+            {"memorized_fraction": 0.0, "perplexity": 1.0},
+            {"memorized_fraction": 0.0, "perplexity": 1.0},
+        )
+    )
+    with pytest.raises(ValueError, match="utility"):
+        selection_score({"memorized_fraction": 1.0}, {}, utility="loss")
+    with pytest.raises(ValueError, match="accuracy/a"):
+        selection_score({"memorized_fraction": 1.0, "accuracy/a": 1.0}, {"memorized_fraction": 0.0})
+
+
+def test_rank_and_best_per_method() -> None:
+    rows = [
+        {"method": "a", "score": 0.1},
+        {"method": "b", "score": math.nan},
+        {"method": "a", "score": -0.5},
+        {"method": "c", "score": -0.2},
+    ]
+    assert [r["score"] for r in rank(rows)][:3] == [-0.5, -0.2, 0.1]
+    best = best_per(rows)
+    assert [(r["method"], r["score"]) for r in best][:2] == [("a", -0.5), ("c", -0.2)]
+    assert best[-1]["method"] == "b"
