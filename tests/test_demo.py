@@ -37,3 +37,46 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert model.config.n_layer == 4 and len(tok) == 14
     history = json.loads((out / "model" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [3, 6]
+
+
+@pytest.mark.slow
+def test_demo_runs_every_method_and_ranks_them(tmp_path, capsys):
+    from unmemorize.benchmarks.tinymem import DEMO_GRID
+    from unmemorize.methods import METHODS
+
+    from .conftest import TINY_OVERRIDES
+
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--no-progress", *TINY_OVERRIDES])
+    printed = capsys.readouterr().out
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(DEMO_GRID) == set(METHODS.names())
+    methods = summary["methods"]
+    assert set(methods) == set(METHODS.names())
+    for name, row in methods.items():
+        assert {
+            "memorized_fraction",
+            "accuracy",
+            "perplexity",
+            "seconds",
+            "score",
+            "config",
+        } <= set(row), name
+        assert row["seconds"] > 0
+    scores = [row["score"] for row in methods.values()]
+    assert scores == sorted(scores)  # best first
+    assert len(summary["runs"]) == sum(len(v) for v in DEMO_GRID.values())
+    assert summary["baseline"]["n_memorized"] > 0
+    best = next(iter(methods.values()))
+    assert best["memorized_fraction"] < summary["baseline"]["memorized_fraction"]
+    for name in METHODS.names():
+        assert name in printed
+    assert "score" in printed
+
+
+def test_demo_rejects_unknown_method_before_training(tmp_path, capsys):
+    code = main(["demo", "--out", str(tmp_path / "d"), "--methods", "balanced_subnt"])
+    assert code == 2
+    assert "did you mean 'balanced_subnet'" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
