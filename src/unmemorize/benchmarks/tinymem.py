@@ -336,10 +336,10 @@ DEMO_GRID: dict[str, list[list[str]]] = {
     "second_order": [["ratio=0.005"], ["ratio=0.0075"]],
     "subnet": [["ratio=0.05"]],
     "balanced_subnet": [["ratio=0.1"]],
-    "finetune_clean": [[]],
+    "finetune_clean": [[], ["lr=1e-4"]],
     "finetune_extra": [[]],
     "finetune_both": [[]],
-    "ssd": [[]],
+    "ssd": [["selection_weight=15"], ["selection_weight=20"]],
 }
 
 
