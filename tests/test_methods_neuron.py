@@ -197,7 +197,9 @@ def test_slimming_checks_its_stop_every_ten_steps() -> None:
 
 def test_hard_concrete_regularizer_and_early_stop() -> None:
     model, data = make_model("llama"), padded_data()
-    result = build_method("hard_concrete", ["epochs=100", "batch_size=2", "lr=0.5"]).apply(model, data)
+    result = build_method("hard_concrete", ["epochs=100", "batch_size=2", "lr=0.5"]).apply(
+        model, data
+    )
     info = result.info
     assert info["early_stop"] is True and info["final_penalty"] < 0.1 < info["steps"]
     assert len(result.losses) == info["steps"]
