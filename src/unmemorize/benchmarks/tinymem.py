@@ -325,11 +325,11 @@ def load_run(
 #: The demo's per-method grids on the cpu-mini increment model (``key=value`` method options);
 #: each method's best run by :func:`~unmemorize.metrics.selection.selection_score` is reported.
 DEMO_GRID: dict[str, list[list[str]]] = {
-    "zero_out": [["ratio=0.05"]],
-    "activations": [["ratio=0.05"]],
-    "slimming": [["ratio=0.05"]],
-    "hard_concrete": [["ratio=0.05"]],
-    "integrated_gradients": [["ratio=0.05"]],
+    "zero_out": [["ratio=0.05", "max_rows=8"], ["ratio=0.02", "max_rows=16"]],
+    "activations": [["ratio=0.03"], ["ratio=0.05"]],
+    "slimming": [["ratio=0.02", "epochs=3"], ["ratio=0.05", "epochs=10", "lambda_l1=10"]],
+    "hard_concrete": [["ratio=0.05", "epochs=30", "lambda_l1=10"]],
+    "integrated_gradients": [["ratio=0.05", "ig_steps=4", "max_rows=8"]],
     "greedy": [["ratio=0.005", "weights_per_step=40"], ["ratio=0.01", "weights_per_step=40"]],
     "durable": [["ratio=0.015"], ["ratio=0.02"]],
     "durable_agg": [["ratio=0.0075"], ["ratio=0.01"]],
