@@ -1,1 +1,375 @@
-"""(being written)"""
+"""Edge-popup subnetwork methods: learn which MLP weights to drop (TinyMem's Subnet family).
+
+Both methods freeze every weight and learn one score per MLP weight (edge-popup, Ramanujan et al.
+2020, "What's Hidden in a Randomly Weighted Neural Network?"). The forward pass uses ``W * M``
+where the mask ``M`` drops the ``floor(ratio * numel)`` weights of each matrix with the smallest
+``|S|``; the backward pass is straight-through (``dM/d|S| = 1``). At the end ``W * M`` is baked
+into the weights, so the edited model is an ordinary model with exactly that many MLP weights
+zeroed per matrix.
+
+The masking goes through ``torch.nn.utils.parametrize`` on the method's private copy of the model
+(no forked modeling code, no swapped layer classes); the parametrizations are removed before the
+bake, even on error.
+
+Shapes: B batch, T positions, U forget rows, R retain rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from transformers import PreTrainedModel
+
+from ..mlp import MLPAdapter, MLPWeight
+from ..train import sequence_losses
+from .base import (
+    METHODS,
+    Edit,
+    Method,
+    UnlearnData,
+    check_finite_loss,
+    check_positive,
+    check_ratio,
+    forget_retain_batches,
+    freeze,
+    model_device,
+    row_batches,
+)
+
+logger = logging.getLogger(__name__)
+
+EDGE_POPUP = (
+    "Ramanujan et al. 2020, What's Hidden in a Randomly Weighted Neural Network? (edge-popup); "
+    "used for unlearning in Sakarvadia et al. 2025, Mitigating Memorization in Language Models"
+)
+
+SCORE_INITS = ("kaiming", "magnitude")
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # (ids [B, T], is_forget [B] bool)
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def lowest_k_mask(magnitude: torch.Tensor, k: int) -> torch.Tensor:
+    """Float mask of ``magnitude``'s shape: 0 at its ``k`` smallest entries, 1 elsewhere.
+
+    Exactly ``k`` entries are dropped, ties broken by ``topk`` (a threshold would drop every
+    tied entry and miss the count).
+    """
+    mask = torch.ones_like(magnitude)
+    if k > 0:
+        drop = torch.topk(magnitude.detach().flatten(), k, largest=False, sorted=False).indices
+        mask.view(-1)[drop] = 0.0
+    return mask
+
+
+def straight_through_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Edge-popup's GetSubnet: the hard mask of :func:`lowest_k_mask` on ``|scores|``.
+
+    The forward value is exactly the 0/1 mask; the gradient passes straight through to
+    ``|scores|`` (edge-popup's backward returns the incoming gradient unchanged), so
+    ``dL/dS = dL/dM * sign(S)``.
+    """
+    magnitude = scores.abs()
+    hard = lowest_k_mask(magnitude, k)
+    # hard + (m - m) is bit-exactly hard in the forward pass and has gradient 1 w.r.t. m.
+    return hard + (magnitude - magnitude.detach())
+
+
+class _EdgePopupMask(nn.Module):
+    """Parametrization ``W -> W * GetSubnet(|S|)`` with S stored in W's own layout."""
+
+    def __init__(self, scores: nn.Parameter, k: int) -> None:
+        super().__init__()
+        self.scores = scores
+        self.k = k
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * straight_through_mask(self.scores, self.k).to(weight.dtype)
+
+
+def init_scores(
+    weight: MLPWeight, generator: torch.Generator, kind: str, scale: float
+) -> torch.Tensor:
+    """Initial scores for one matrix, in the parameter's stored layout.
+
+    ``"kaiming"`` (edge-popup): Kaiming-uniform with a = sqrt(5), i.e. U(-b, b) with
+    b = 1/sqrt(fan_in) (``nn.Linear``'s own init), fan_in being the matrix's true input width.
+    ``"magnitude"``: |W| itself. ``scale`` multiplies either.
+    """
+    param = weight.parameter
+    if kind == "magnitude":
+        return (param.detach().abs().float() * scale).clone()
+    fan_in = weight.in_out().shape[0]
+    bound = scale / math.sqrt(fan_in)
+    values = torch.rand(param.shape, generator=generator, dtype=torch.float32) * 2 - 1
+    return (values * bound).to(device=param.device)
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def balanced_loss(ce: torch.Tensor, is_forget: torch.Tensor, retain_weight: float) -> torch.Tensor:
+    """``-(1 - w) * mean CE(U rows) + w * mean CE(R rows)`` of one batch; a missing term is 0.
+
+    Args:
+        ce: [B] per-row cross-entropy.
+        is_forget: [B] bool, True for forget (U) rows.
+        retain_weight: w in [0, 1).
+
+    The original code took the mean over an empty selection (NaN) when a batch lacked U or R
+    rows; here only the term that exists counts, with its usual weight.
+    """
+    loss = ce.new_zeros(())
+    if is_forget.any():
+        loss = loss - (1.0 - retain_weight) * ce[is_forget].mean()
+    if (~is_forget).any() and retain_weight > 0:
+        loss = loss + retain_weight * ce[~is_forget].mean()
+    return loss
+
+
+def fixed_share_batches(
+    data: UnlearnData, batch_size: int, forget_per_batch: int, generator: torch.Generator
+) -> Iterator[Batch]:
+    """One epoch over R; every batch holds ``min(forget_per_batch, U)`` U rows, the rest R rows.
+
+    U rows are drawn cyclically from one permutation, so every U row is seen equally often; when
+    ``forget_per_batch >= U`` every batch holds all of U.
+    """
+    n_u = min(forget_per_batch, data.n_forget)
+    n_r = max(batch_size - n_u, 1)
+    u_order = torch.randperm(data.n_forget, generator=generator)
+    cursor = 0
+    for r_idx in row_batches(data.n_retain, n_r, generator=generator, shuffle=True):
+        u_idx = u_order[(torch.arange(n_u) + cursor) % data.n_forget]
+        cursor = (cursor + n_u) % data.n_forget
+        ids = torch.cat([data.forget_ids[u_idx], data.retain_ids[r_idx]])  # [B, T]
+        is_forget = torch.zeros(len(ids), dtype=torch.bool)
+        is_forget[:n_u] = True
+        yield ids, is_forget
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_edge_popup(
+    model: PreTrainedModel,
+    data: UnlearnData,
+    epoch_batches: Callable[[torch.Generator], Iterator[Batch]],
+    config: SubnetConfig | BalancedSubnetConfig,
+    *,
+    name: str,
+    retain_weight: float,
+) -> Edit:
+    """Learn edge-popup masks on every MLP matrix of ``model`` and bake them in (in place).
+
+    Args:
+        model: the private copy to edit.
+        data: supplies ``pad_id``.
+        epoch_batches: ``epoch_batches(generator)`` yields one epoch of
+            ``(ids [B, T], is_forget [B] bool)``.
+        config: ratio, epochs, SGD settings, score init and seed.
+        name: method name, for errors.
+        retain_weight: w of :func:`balanced_loss` (0 = pure ascent on U).
+
+    Returns:
+        The edit: MLP weights zeroed, of all MLP weights.
+    """
+    freeze(model)
+    adapter = MLPAdapter(model)
+    device = model_device(model)
+    generator = torch.Generator().manual_seed(config.seed)
+    matrices = adapter.weight_matrices()
+    scores = {w.name: nn.Parameter(init_scores(w, generator, config.score_init, config.score_scale)) for w in matrices}
+    ks = {w.name: int(w.parameter.numel() * config.ratio) for w in matrices}
+    modules = dict(model.named_modules())
+    optimizer = torch.optim.SGD(
+        list(scores.values()),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+    losses: list[float] = []
+    owners: list[nn.Module] = []
+    try:
+        for weight in matrices:
+            owner = modules[weight.name.rsplit(".", 1)[0]]
+            mask = _EdgePopupMask(scores[weight.name], ks[weight.name])
+            parametrize.register_parametrization(owner, "weight", mask)
+            owners.append(owner)
+        for epoch in range(config.epochs):
+            for ids, is_forget in epoch_batches(generator):
+                # cached(): each masked weight is computed once per forward, not per access.
+                with parametrize.cached():
+                    ce = sequence_losses(model, ids.to(device), data.pad_id)  # [B]
+                    loss = balanced_loss(ce, is_forget.to(device), retain_weight)
+                losses.append(check_finite_loss(loss, name, len(losses)))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            logger.debug("%s epoch %d: loss %.4f", name, epoch, losses[-1] if losses else 0.0)
+    finally:
+        # leave_parametrized=False restores the original weights; the mask is baked below.
+        for owner in owners:
+            parametrize.remove_parametrizations(owner, "weight", leave_parametrized=False)
+    adapter = MLPAdapter(model)
+    masks = {}
+    for weight in adapter.weight_matrices():
+        keep = lowest_k_mask(scores[weight.name].detach().abs(), ks[weight.name]).bool()
+        masks[weight.name] = keep.T if weight.transposed else keep  # [in, out]
+    stats = adapter.apply_weight_masks_(masks)
+    info = {"steps": len(losses), "weights_zeroed": stats.changed}
+    return Edit(stats.changed, stats.total, "mlp_weights", losses, info)
+
+
+# --------------------------------------------------------------------------- methods
+
+
+@dataclass
+class SubnetConfig:
+    """Settings of :class:`Subnet` (the original's defaults unless noted)."""
+
+    ratio: float = 0.05
+    """Fraction of every MLP weight matrix to drop (the entries with the lowest |score|)."""
+    epochs: int = 30
+    """Passes over the forget set (batch 64: one step per epoch for up to 64 forget rows)."""
+    batch_size: int = 64
+    """Forget rows per optimizer step."""
+    lr: float = 0.1
+    """SGD learning rate on the scores."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    weight_decay: float = 5e-4
+    """SGD weight decay on the scores."""
+    score_init: str = "kaiming"
+    """Score init: "kaiming" (edge-popup's Kaiming-uniform, a = sqrt(5)) or "magnitude" (|W|)."""
+    score_scale: float = 1.0
+    """Multiplier of the Kaiming-uniform (a = sqrt(5)) bound of the score init (1 = edge-popup)."""
+    seed: int = 0
+    """Seeds the score init and the batch order."""
+
+    def validate(self) -> None:
+        check_ratio(self.ratio)
+        _validate_training(self)
+
+
+@dataclass
+class BalancedSubnetConfig:
+    """Settings of :class:`BalancedSubnet` (the original's defaults unless noted)."""
+
+    ratio: float = 0.05
+    """Fraction of every MLP weight matrix to drop (the entries with the lowest |score|)."""
+    epochs: int = 30
+    """Passes over the forget and retain rows together."""
+    retain_weight: float = 0.7
+    """w in L = -(1-w) CE(U) + w CE(R) (the original's `loss_weighting`; 0.7 = the paper's best)."""
+    forget_per_batch: int = 0
+    """U rows in every batch, the rest R (0 = shuffle U and R together, as the original)."""
+    batch_size: int = 64
+    """Rows (forget and retain mixed) per optimizer step."""
+    lr: float = 0.1
+    """SGD learning rate on the scores."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    weight_decay: float = 5e-4
+    """SGD weight decay on the scores."""
+    score_init: str = "kaiming"
+    """Score init: "kaiming" (edge-popup's Kaiming-uniform, a = sqrt(5)) or "magnitude" (|W|)."""
+    score_scale: float = 1.0
+    """Multiplier of the Kaiming-uniform (a = sqrt(5)) bound of the score init (1 = edge-popup)."""
+    seed: int = 0
+    """Seeds the score init and the batch order."""
+
+    def validate(self) -> None:
+        check_ratio(self.ratio)
+        _validate_training(self)
+        if not 0 <= self.retain_weight < 1:
+            raise ValueError(
+                f"retain_weight must lie in [0, 1) (0.7 = the paper's best), got "
+                f"{self.retain_weight}"
+            )
+
+
+def _validate_training(config: SubnetConfig | BalancedSubnetConfig) -> None:
+    if not isinstance(config.epochs, int) or config.epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {config.epochs}")
+    if not isinstance(config.batch_size, int) or config.batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {config.batch_size}")
+    check_positive(config.lr, "lr")
+    check_positive(config.score_scale, "score_scale")
+    if config.score_init not in SCORE_INITS:
+        raise ValueError(f"score_init must be one of {SCORE_INITS}, got {config.score_init!r}")
+    if not 0 <= config.momentum < 1:
+        raise ValueError(f"momentum must lie in [0, 1), got {config.momentum}")
+    if config.weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {config.weight_decay}")
+
+
+@METHODS.register("subnet")
+class Subnet(Method):
+    """Learn an edge-popup mask of MLP weights whose removal maximizes the loss on U.
+
+    Subnet (Sakarvadia et al. 2025, "random" in their code; edge-popup of Ramanujan et al. 2020).
+    Every weight is frozen; each MLP matrix W gets a score S of its shape. The forward pass uses
+    W * M, M = 0 for the floor(ratio * numel) entries with the lowest |S| and 1 elsewhere, with a
+    straight-through gradient to S. S is trained with SGD (momentum, weight decay) on
+
+        L = -mean_{x in U} CE(x)
+
+    (gradient ascent on the forget set through the mask only), then W * M is baked in.
+    """
+
+    name = "subnet"
+    family = "weight"
+    paper = EDGE_POPUP
+    Config = SubnetConfig
+
+    def run(self, model: PreTrainedModel, data: UnlearnData, progress: bool) -> Edit:
+        cfg = self.config
+        n = data.n_forget
+
+        def epoch(generator: torch.Generator) -> Iterator[Batch]:
+            for idx in row_batches(n, cfg.batch_size, generator=generator, shuffle=True):
+                yield data.forget_ids[idx], torch.ones(len(idx), dtype=torch.bool)
+
+        return train_edge_popup(model, data, epoch, cfg, name=self.name, retain_weight=0.0)
+
+
+@METHODS.register("balanced_subnet")
+class BalancedSubnet(Method):
+    """Learn an edge-popup mask that raises the loss on U while keeping it low on R.
+
+    BalancedSubnet (Sakarvadia et al. 2025, "random_greedy" in their code; the paper's best
+    method), built on edge-popup (Ramanujan et al. 2020). Same frozen weights, scores and
+    straight-through mask as :class:`Subnet`; each batch of the shuffled union U and R gives
+
+        L = -(1 - w) * mean_{x in U rows} CE(x) + w * mean_{x in R rows} CE(x)
+
+    with w = ``retain_weight`` (the original's ``loss_weighting``). A batch without U rows or
+    without R rows uses only the term that exists (the original returned NaN there).
+    """
+
+    name = "balanced_subnet"
+    family = "weight"
+    paper = EDGE_POPUP
+    Config = BalancedSubnetConfig
+
+    def run(self, model: PreTrainedModel, data: UnlearnData, progress: bool) -> Edit:
+        data.require_retain(self.name)
+        cfg = self.config
+
+        def epoch(generator: torch.Generator) -> Iterator[Batch]:
+            if cfg.forget_per_batch == 0:
+                return forget_retain_batches(data, cfg.batch_size, generator)
+            return fixed_share_batches(data, cfg.batch_size, cfg.forget_per_batch, generator)
+
+        return train_edge_popup(
+            model, data, epoch, cfg, name=self.name, retain_weight=cfg.retain_weight
+        )
