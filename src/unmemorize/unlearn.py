@@ -132,8 +132,12 @@ def prepare(
     eval_ids = read_sequences(eval_file, tokenizer, vocab, p, k) if eval_file else retain_ids
     pad_id = None  # rows read from files are cut to P + K tokens: no padding
 
-    def evaluate(m: PreTrainedModel) -> dict:
-        verdict = memorized(m, candidates, candidates, p, k, batch_size=batch_size)
+    def memorized_rows(m: PreTrainedModel) -> torch.Tensor:
+        return memorized(m, candidates, candidates, p, k, batch_size=batch_size)
+
+    def evaluate(m: PreTrainedModel, verdict: torch.Tensor | None = None) -> dict:
+        if verdict is None:
+            verdict = memorized_rows(m)
         out = {
             "memorized_fraction": float(verdict.float().mean()),
             "n_memorized": int(verdict.sum()),
@@ -144,8 +148,8 @@ def prepare(
             out.update({"accuracy": acc, "perplexity": ppl})
         return out
 
-    baseline = evaluate(model)
-    verdict = memorized(model, candidates, candidates, p, k, batch_size=batch_size)
+    verdict = memorized_rows(model)
+    baseline = evaluate(model, verdict)
     if not bool(verdict.any()):
         raise NothingToUnlearnError(
             f"nothing is memorized: 0 of the {len(candidates)} sequences in {forget} are "
@@ -266,8 +270,6 @@ def _jsonable(value):
         return value.tolist()
     if isinstance(value, Path):
         return str(value)
-    if isinstance(value, float):
-        return value
     raise TypeError(f"not JSON-serializable: {type(value).__name__}")
 
 

@@ -38,7 +38,7 @@ from ..data.math import MathDataConfig, make_math_data
 from ..data.text import TextDataConfig, make_text_data
 from ..data.tokenizers import math_tokenizer
 from ..io import atomic_dir, atomic_write_json, prepare_output_dir
-from ..metrics.memorization import measure_memorization
+from ..metrics.memorization import MemorizationReport, measure_memorization
 from ..metrics.selection import best_per, rank, selection_score
 from ..metrics.utility import evaluate_utility
 from ..models import ModelConfig, build_model, count_parameters, load_model
@@ -344,14 +344,19 @@ DEMO_GRID: dict[str, list[list[str]]] = {
 
 
 def evaluate_edit(
-    model: PreTrainedModel, data: TinyMemData, forget_index: torch.Tensor
+    model: PreTrainedModel,
+    data: TinyMemData,
+    forget_index: torch.Tensor,
+    report: MemorizationReport | None = None,
 ) -> dict[str, Any]:
     """Memorization and utility of an (edited) model, plus how many originally memorized rows remain.
 
     Args:
         forget_index: indices into ``data.memorization`` of the rows the unedited model memorized.
+        report: the model's memorization report when already measured (else it is measured).
     """
-    report = measure_memorization(model, data.memorization)
+    if report is None:
+        report = measure_memorization(model, data.memorization)
     still = int(report.memorized[forget_index].sum())
     out: dict[str, Any] = {
         "memorized_fraction": report.memorized_fraction,
@@ -386,7 +391,7 @@ def run_methods(
 
     unlearn_data, report = UnlearnData.from_tinymem(model, data)
     forget_index = report.memorized_indices()
-    baseline = evaluate_edit(model, data, forget_index)
+    baseline = evaluate_edit(model, data, forget_index, report)
     jobs = [(name, overrides) for name, configs in grid.items() for overrides in configs]
     runs: list[dict] = []
     bar = tqdm(jobs, desc="methods", unit="run", disable=not progress)
