@@ -23,7 +23,7 @@ from .zoo import V, make_model
 CONTRACT_FAMILIES = ["gpt2", "gpt_neox", "llama"]
 T = 12
 
-#: The 11 unlearning methods, 3 fine-tuning recipes and SSD the product promises.
+#: The 11 unlearning methods, 3 fine-tuning recipes, SSD and the 6 gradient methods promised.
 EXPECTED_METHODS = {
     "zero_out",
     "activations",
@@ -40,6 +40,12 @@ EXPECTED_METHODS = {
     "finetune_extra",
     "finetune_both",
     "ssd",
+    "ga",
+    "grad_diff",
+    "kl",
+    "npo",
+    "simnpo",
+    "task_vector",
 }
 
 PER_MATRIX = {"durable", "second_order", "subnet", "balanced_subnet"}
@@ -126,6 +132,16 @@ def test_method_contract(name: str, family: str) -> None:
     elif cls.family == "dampening":
         for key in changed:
             assert (new[key].abs() <= before[key].abs() + 1e-7).all(), f"{name} grew {key}"
+    elif cls.family == "gradient":
+        # Trained methods may move any parameter; the count must match what really changed.
+        params = dict(edited.named_parameters())  # tied weights once
+        moved = sum(int((p.detach() != before[k]).sum()) for k, p in params.items())
+        assert result.changed_unit == "parameters"
+        assert result.changed_count == moved > 0
+        assert result.changed_fraction == moved / sum(p.numel() for p in params.values())
+        with torch.no_grad():
+            old_logits = model(tiny_data().forget_ids).logits
+        assert not torch.equal(logits, old_logits), f"{name} left the forget logits unchanged"
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_METHODS))

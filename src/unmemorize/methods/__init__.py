@@ -9,7 +9,7 @@ Importing this package registers every method in :data:`METHODS`::
 
 from __future__ import annotations
 
-from . import finetune, neuron, ssd, subnet, weight  # noqa: F401  (registration)
+from . import finetune, gradient, neuron, ssd, subnet, weight  # noqa: F401  (registration)
 from .base import (
     METHODS,
     Method,
