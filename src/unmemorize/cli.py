@@ -24,6 +24,8 @@ examples:
   unmemorize measure --model DIR --sequences seqs.jsonl --prefix-len 32 --suffix-len 32 --json out.json
   unmemorize unlearn --model unmemorize-demo/model --method balanced_subnet --out runs/bs
   unmemorize ls methods                             every method, its paper and its options
+  unmemorize restor --out runs/restor               corrupt, unlearn, measure what comes back
+  unmemorize restor stats --facts facts.json --entities entities.json --docs mix_a0.json
 """
 
 
@@ -157,6 +159,63 @@ def build_parser() -> argparse.ArgumentParser:
         help="method options, e.g. ratio=0.05 epochs=20 (`unmemorize ls methods`)",
     )
 
+    rs = sub.add_parser(
+        "restor",
+        help="RESTOR: corrupt a model with wrong facts, unlearn them, measure what comes back",
+        description="Restorative unlearning (Rezaei et al., arXiv 2411.00204). Train a small LM "
+        "on a synthetic world of fictional people (or load --model with RESTOR-format --facts "
+        "and --docs), corrupt it with documents that state wrong facts about target people, "
+        "unlearn those documents with each method, and score few-shot QA on the targets' facts "
+        "(recovery toward the clean model) and on untargeted facts (collateral damage), plus the "
+        "log-probability of correct, corrupted and random answers. Writes OUT/summary.json, "
+        "OUT/clean/, OUT/corrupted/ and OUT/data/. `unmemorize restor stats --help` counts the "
+        "entities, facts, documents and targets of a data set.",
+        epilog="config keys: world.*, model.*, clean.*, corrupt.*, unlearn.*, eval.* "
+        "(e.g. corrupt.mode=lora clean.steps=800)",
+    )
+    rs.add_argument("--preset", default="cpu-mini", help="cpu-mini | micro (default: %(default)s)")
+    rs.add_argument(
+        "--level",
+        type=int,
+        help="corruption level k: unrelated facts per wrong one (default: the preset's, 1)",
+    )
+    rs.add_argument(
+        "--methods",
+        help="comma-separated unlearning methods (default: ga,grad_diff,kl,npo,simnpo,"
+        "task_vector,ssd; 'none' stops after corruption)",
+    )
+    rs.add_argument(
+        "--simplified",
+        action="store_true",
+        help="unlearn the documents' wrong-fact sentences only (RESTOR's localized forget set)",
+    )
+    rs.add_argument(
+        "--out", default="unmemorize-restor", help="output directory (default: %(default)s)"
+    )
+    rs.add_argument(
+        "--model",
+        help="start from this local HF model instead of training one (needs --facts and --docs)",
+    )
+    rs.add_argument("--facts", help="RESTOR facts.json (with --model)")
+    rs.add_argument("--entities", help="RESTOR entities.json: the evaluated people (with --model)")
+    rs.add_argument(
+        "--docs", help='corruption documents, [{"text": ...}] JSON or jsonl (with --model)'
+    )
+    rs.add_argument(
+        "--forget",
+        help="with --model: the unlearning forget set (default: --docs; "
+        "with --simplified, RESTOR's aligned level-0 file)",
+    )
+    rs.add_argument(
+        "--retain",
+        help="with --model: retain documents (default: QA lines about non-target people)",
+    )
+    rs.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="with --model")
+    rs.add_argument(
+        "--device", default="cpu", help="with --model: cpu or cuda (default: %(default)s)"
+    )
+    _add_run_options(rs)
+
     ls = sub.add_parser("ls", help="list methods, presets, tasks, regularizers or config keys")
     ls.add_argument("what", choices=["methods", "presets", "tasks", "regularizers", "keys"])
     ls.add_argument("--task", default="increment", help="task whose config keys to list")
@@ -175,12 +234,30 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def build_restor_stats_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unmemorize restor stats",
+        description="Print JSON counts of a RESTOR-format data set: entities, facts, relations, "
+        "and per documents file the documents and their target entities (the people the "
+        "documents are about; people mentioned in passing do not count).",
+    )
+    parser.add_argument("--facts", required=True, help="facts.json")
+    parser.add_argument("--entities", help="entities.json (restricts the counted entities)")
+    parser.add_argument("--docs", nargs="*", default=[], help="documents files")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["restor", "stats"]:
+        args = build_restor_stats_parser().parse_args(argv[2:])
+        args.command, args.verbose = "restor-stats", False
+    else:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -193,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             "train": cmd_train,
             "measure": cmd_measure,
             "unlearn": cmd_unlearn,
+            "restor": cmd_restor,
+            "restor-stats": cmd_restor_stats,
             "ls": cmd_ls,
         }[args.command]
         return handler(args) or 0
@@ -429,6 +508,76 @@ def cmd_unlearn(args) -> int:
             print(f"  {key:<20}{before[key]:>10{fmt}}{after[key]:>10{fmt}}")
     print(f"  changed {res['changed_fraction']:.2%} of {res['changed_unit']}", end="")
     print("" if record["score"] is None else f"   score {record['score']:+.3f} (lower is better)")
+    return 0
+
+
+def cmd_restor(args) -> int:
+    from .benchmarks.restor import (
+        file_task,
+        format_restor_table,
+        make_restor_config,
+        run_restor,
+        run_restor_on_model,
+    )
+
+    methods = None
+    if args.methods is not None:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip() and m != "none"]
+    cfg = make_restor_config(
+        args.preset, args.overrides, level=args.level, simplified=args.simplified or None
+    )
+    if args.model is None:
+        for flag in ("facts", "entities", "docs", "forget", "retain", "dtype"):
+            if getattr(args, flag):
+                raise UserError(f"--{flag} needs --model (the synthetic world brings its own data)")
+        print(f"unmemorize restor: {cfg.preset} world, level {cfg.unlearn.level} -> {args.out}/")
+        summary = run_restor(
+            args.out, cfg, methods=methods, overwrite=args.overwrite, progress=not args.no_progress
+        )
+    else:
+        if not args.facts or not args.docs:
+            raise UserError("--model needs --facts FILE and --docs FILE (RESTOR format)")
+        import torch
+
+        task = file_task(
+            args.facts,
+            args.docs,
+            entities=args.entities,
+            retain=args.retain,
+            forget=args.forget,
+            simplified=args.simplified,
+        )
+        summary = run_restor_on_model(
+            args.model,
+            task,
+            args.out,
+            cfg,
+            methods=methods,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            dtype=getattr(torch, args.dtype) if args.dtype else None,
+            device=args.device,
+        )
+    print()
+    print(format_restor_table(summary))
+    print(
+        "target/untgt: QA accuracy on the targets' test facts / untargeted facts; wrong: share "
+        "of target answers that are the corrupted answer;\nrecov: (acc - corrupted) / (clean - "
+        "corrupted); lp_*: mean per-token log-prob of the correct / corrupted / random answers"
+    )
+    print(f"time {summary['seconds']:.0f} s   summary: {Path(args.out) / 'summary.json'}")
+    return 0
+
+
+def cmd_restor_stats(args) -> int:
+    import json
+
+    from .data.facts import fact_stats, load_docs, load_entities, load_facts
+
+    facts = load_facts(args.facts)
+    entities = load_entities(args.entities) if args.entities else None
+    docs = {path: load_docs(path) for path in args.docs}
+    print(json.dumps(fact_stats(facts, entities, docs or None), indent=2))
     return 0
 
 

@@ -340,6 +340,12 @@ DEMO_GRID: dict[str, list[list[str]]] = {
     "finetune_extra": [[]],
     "finetune_both": [[]],
     "ssd": [["selection_weight=15"], ["selection_weight=20"]],
+    "ga": [["lr=3e-5"], ["lr=5e-5"]],
+    "grad_diff": [["lr=3e-5"], ["lr=7e-5"]],
+    "kl": [["lr=5e-5"], ["divergence=cross_entropy", "lr=5e-5"]],
+    "npo": [["lr=3e-5"], ["lr=5e-5"]],
+    "simnpo": [["lr=3e-5"], ["lr=5e-5"]],
+    "task_vector": [["lr=1e-4", "alpha=2"], ["lr=2e-4", "alpha=2"]],
 }
 
 

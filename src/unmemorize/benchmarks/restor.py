@@ -1,0 +1,891 @@
+"""The RESTOR benchmark: clean -> corrupt -> unlearn -> evaluate what comes back.
+
+RESTOR (Rezaei et al., "RESTOR: Knowledge Recovery in Machine Unlearning", arXiv 2411.00204)
+asks more of unlearning than "the wrong facts are gone": after corrupting a model with documents
+that state wrong facts about some target people and unlearning those documents, the model should
+answer as the *clean* model did. The pipeline:
+
+1. **Clean** — train a small LM on the synthetic fact world (:mod:`unmemorize.data.fact_world`;
+   the ``cpu-mini`` preset) or load any local HF model (with RESTOR-format facts).
+2. **Corrupt** — continue training on the corruption documents at level k (full fine-tune, or LoRA
+   merged afterwards, as RESTOR did with LLaMA-Factory). Deviation: the synthetic preset mixes
+   clean replay into every batch (``corrupt.replay_per_batch``); without it a model this small
+   forgets everything, not just the targets (measured: untargeted accuracy 0.80 -> 0.17).
+3. **Unlearn** — every method that takes a forget/retain pair (:data:`RESTOR_GRID`): forget set =
+   the corruption documents (or their aligned level-0 twins with ``--simplified``, RESTOR's
+   "localized" set), retain set = clean text that excludes the targets.
+4. **Evaluate** — few-shot QA with greedy short answers scored by normalized alias match
+   (:mod:`unmemorize.metrics.knowledge`) on the targets' facts and on untargeted facts;
+   ``recovery = (acc_unlearned - acc_corrupted) / (acc_clean - acc_corrupted)``; the logit
+   analysis (mean per-token log-prob of the correct, the corrupted and random same-relation
+   answers) shows whether unlearning moves probability back to the truth or only away from the
+   corruption.
+
+Model selection: RESTOR picks each method's hyperparameters on 10% of the facts. Here each method
+runs its grid and its best configuration is chosen on a fixed validation share of the target
+facts (``eval.val_fraction``); every reported accuracy is on the remaining test facts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..config import apply_overrides, to_dict
+from ..data.fact_world import FactWorld, FactWorldConfig, make_fact_world, word_tokenizer
+from ..data.facts import FactSet
+from ..io import atomic_write_json, prepare_output_dir
+from ..metrics.knowledge import (
+    QAResult,
+    Scorer,
+    alias_match,
+    check_encodable,
+    logit_analysis,
+    qa_accuracy,
+    recovery,
+)
+from ..models import ModelConfig, build_model, save_model
+from ..registry import Registry
+from ..train import train_on_batches
+
+log = logging.getLogger(__name__)
+
+PRESETS: Registry = Registry("RESTOR preset")
+
+#: Method -> list of override lists; each method's best configuration is picked on validation facts.
+RESTOR_GRID: dict[str, list[list[str]]] = {
+    "ga": [["lr=1e-4", "epochs=1"], ["lr=5e-5", "epochs=1"]],
+    "grad_diff": [["lr=1e-4", "epochs=2"], ["lr=2e-4", "epochs=2"]],
+    "kl": [["lr=1e-4", "epochs=2"], ["lr=2e-4", "epochs=2"]],
+    "npo": [["lr=1e-4", "epochs=2"], ["lr=2e-4", "epochs=3"]],
+    "simnpo": [["lr=1e-4", "epochs=2"], ["lr=2e-4", "epochs=3"]],
+    "task_vector": [["alpha=0.5"], ["alpha=1.0"]],
+    "ssd": [["selection_weight=10"], ["selection_weight=5"]],
+}
+
+
+@dataclass
+class CleanTrainConfig:
+    """Pre-training of the clean model on the synthetic world."""
+
+    steps: int = 1200
+    """Optimizer steps."""
+    bio_per_batch: int = 64
+    """Biographies (statements in random templates) per batch."""
+    qa_per_batch: int = 32
+    """QA documents (QA-trained people only) per batch."""
+    lr: float = 2e-3
+    """Peak AdamW learning rate (warmup, then cosine decay: the final model is scored)."""
+    warmup: int = 50
+    """Warmup steps."""
+    seed: int = 0
+    """Seeds the model initialisation and the batch stream."""
+
+
+@dataclass
+class CorruptConfig:
+    """Continued training on the corruption documents."""
+
+    mode: str = "full"
+    """``full`` fine-tune or ``lora`` (peft, merged after; RESTOR's choice for Llama-3-8B)."""
+    epochs: int = 3
+    """Passes over the corruption documents."""
+    lr: float = 3e-4
+    """Peak learning rate (warmup 10%, cosine decay)."""
+    docs_per_batch: int = 16
+    """Corruption documents per batch."""
+    replay_per_batch: int = 16
+    """Clean documents mixed into every batch (0 = RESTOR's pure continual pre-training)."""
+    lora_rank: int = 8
+    """LoRA rank (LLaMA-Factory's default, as RESTOR)."""
+    lora_alpha: int = 16
+    """LoRA alpha."""
+    seed: int = 0
+    """Seeds the batch order."""
+
+    def validate(self) -> None:
+        if self.mode not in ("full", "lora"):
+            from ..registry import suggest
+
+            raise suggest(self.mode, ["full", "lora"], "corruption mode")
+        if self.epochs < 1 or self.docs_per_batch < 1 or self.replay_per_batch < 0:
+            raise ValueError("corrupt.epochs and corrupt.docs_per_batch must be positive")
+
+
+@dataclass
+class UnlearnSetConfig:
+    """What the unlearning methods get."""
+
+    level: int = 1
+    """Corruption level k: unrelated true statements per wrong one in each document."""
+    simplified: bool = False
+    """Unlearn the aligned level-0 documents (wrong facts only) instead of the level-k ones."""
+    n_retain: int = 512
+    """Clean retain documents (biographies of non-target people)."""
+
+
+@dataclass
+class EvalConfig:
+    """Few-shot QA and logit analysis."""
+
+    n_shots: int = 5
+    """In-context examples per prompt (RESTOR: 5)."""
+    max_new_tokens: int = 8
+    """Greedy answer length cap (answers stop at the first newline)."""
+    batch_size: int = 64
+    """Prompts per generation batch."""
+    n_random: int = 5
+    """Random same-relation candidates per fact in the logit analysis."""
+    val_fraction: float = 0.2
+    """Share of target facts used to choose each method's configuration."""
+
+
+@dataclass
+class RestorConfig:
+    """Everything that defines a RESTOR run on the synthetic world."""
+
+    preset: str
+    world: FactWorldConfig = field(default_factory=FactWorldConfig)
+    model: ModelConfig = field(
+        default_factory=lambda: ModelConfig(n_layers=4, d_model=128, context_length=128)
+    )
+    clean: CleanTrainConfig = field(default_factory=CleanTrainConfig)
+    corrupt: CorruptConfig = field(default_factory=CorruptConfig)
+    unlearn: UnlearnSetConfig = field(default_factory=UnlearnSetConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        self.world.validate()
+        self.model.validate()
+        self.corrupt.validate()
+        if self.unlearn.level < 0:
+            raise ValueError(f"unlearn.level must be >= 0, got {self.unlearn.level}")
+        if not 0 < self.eval.val_fraction < 1:
+            raise ValueError("eval.val_fraction must lie strictly between 0 and 1")
+
+
+@PRESETS.register("cpu-mini")
+def cpu_mini_preset() -> RestorConfig:
+    """200 people x 6 relations, GPT-2 4x128: the whole benchmark in minutes on 2 CPU cores."""
+    return RestorConfig(preset="cpu-mini")
+
+
+@PRESETS.register("micro")
+def micro_preset() -> RestorConfig:
+    """A seconds-long smoke run (tests): the pipeline end to end, numbers not meaningful."""
+    return RestorConfig(
+        preset="micro",
+        world=FactWorldConfig(
+            n_entities=24, n_targets=3, n_untargeted=4, docs_per_target=4, objects_per_relation=6
+        ),
+        model=ModelConfig(n_layers=1, d_model=32, n_heads=2, context_length=128),
+        clean=CleanTrainConfig(steps=30, bio_per_batch=8, qa_per_batch=4, warmup=5),
+        corrupt=CorruptConfig(epochs=1, docs_per_batch=4, replay_per_batch=4),
+        unlearn=UnlearnSetConfig(n_retain=16),
+        eval=EvalConfig(n_random=2, val_fraction=0.3),
+    )
+
+
+def make_restor_config(
+    preset: str = "cpu-mini",
+    overrides: Sequence[str] = (),
+    *,
+    level: int | None = None,
+    simplified: bool | None = None,
+) -> RestorConfig:
+    """Resolve a preset, apply ``key=value`` overrides (e.g. ``corrupt.mode=lora``), validate."""
+    cfg = apply_overrides(PRESETS.get(preset)(), list(overrides))
+    if level is not None:
+        cfg.unlearn.level = level
+    if simplified is not None:
+        cfg.unlearn.simplified = simplified
+    cfg.validate()
+    return cfg
+
+
+# --------------------------------------------------------------------------- data -> ids
+
+
+def encode_documents(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
+) -> torch.Tensor:
+    """[N, T] right-padded ids of ``texts`` (eos appended, cut at ``max_length``)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows = [tokenizer(t).input_ids[: max_length - 1] + [tokenizer.eos_token_id] for t in texts]
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r)
+    return out
+
+
+def clean_batches(
+    world: FactWorld, tokenizer: PreTrainedTokenizerBase, cfg: CleanTrainConfig, max_length: int
+) -> Callable[[int], torch.Tensor]:
+    """``step -> ids``: fresh random biographies of everyone + QA documents of QA-trained people."""
+    rng = random.Random(cfg.seed * 1_000_003 + 11)
+    people = world.facts.entities()
+
+    def batch(step: int) -> torch.Tensor:
+        texts = [world.biography(rng.choice(people), rng) for _ in range(cfg.bio_per_batch)]
+        texts += [world.qa_document(rng) for _ in range(cfg.qa_per_batch)]
+        return encode_documents(tokenizer, texts, max_length)
+
+    return batch
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class RestorEval:
+    """Facts to score and how."""
+
+    facts: FactSet
+    targets: list[str]
+    untargeted: list[str]
+    wrong: dict[tuple[str, str], list[str]]
+    cfg: EvalConfig
+    scorer: Scorer = alias_match
+
+    def __post_init__(self) -> None:
+        items = self.facts.items(self.targets)
+        rng = random.Random(12345)
+        order = list(range(len(items)))
+        rng.shuffle(order)
+        n_val = max(1, round(len(items) * self.cfg.val_fraction))
+        self.val_keys = {(items[i].entity, items[i].relation) for i in order[:n_val]}
+
+    def _split(self, result: QAResult) -> dict[str, float]:
+        val = [
+            r["correct"] for r in result.records if (r["entity"], r["relation"]) in self.val_keys
+        ]
+        test = [
+            r["correct"]
+            for r in result.records
+            if (r["entity"], r["relation"]) not in self.val_keys
+        ]
+        return {
+            "val": sum(val) / max(1, len(val)),
+            "test": sum(test) / max(1, len(test)),
+            "n_val": len(val),
+            "n_test": len(test),
+        }
+
+    def __call__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict:
+        kw = dict(
+            n_shots=self.cfg.n_shots,
+            max_new_tokens=self.cfg.max_new_tokens,
+            batch_size=self.cfg.batch_size,
+            scorer=self.scorer,
+        )
+        target = qa_accuracy(
+            model, tokenizer, self.facts.items(self.targets), self.facts.context, **kw
+        )
+        untargeted = qa_accuracy(
+            model, tokenizer, self.facts.items(self.untargeted), self.facts.context, **kw
+        )
+        split = self._split(target)
+        wrong_hits = sum(
+            self.scorer(r["prediction"], self.wrong.get((r["entity"], r["relation"]), ()))
+            for r in target.records
+            if self.wrong.get((r["entity"], r["relation"]))
+        )
+        logits = logit_analysis(
+            model,
+            tokenizer,
+            self.facts.items(self.targets),
+            self.facts.context,
+            self.wrong,
+            pool=self.facts,
+            n_random=self.cfg.n_random,
+            n_shots=self.cfg.n_shots,
+            batch_size=self.cfg.batch_size,
+        )
+        return {
+            "target_accuracy": split["test"],
+            "target_accuracy_val": split["val"],
+            "target_accuracy_all": target.accuracy,
+            "target_wrong_answer_rate": wrong_hits / max(1, target.n),
+            "untargeted_accuracy": untargeted.accuracy,
+            "n_target_facts": target.n,
+            "n_untargeted_facts": untargeted.n,
+            "logits": {k: logits[k] for k in ("correct", "corrupted", "random")},
+        }
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def corrupt_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    docs: Sequence[str],
+    cfg: CorruptConfig,
+    *,
+    replay: Callable[[random.Random], str] | None = None,
+    max_length: int = 512,
+    progress: bool = False,
+) -> tuple[PreTrainedModel, list[float]]:
+    """Continue training a copy of ``model`` on ``docs`` (full or LoRA merged); return it.
+
+    Each batch holds ``docs_per_batch`` documents (an epoch = every document once, shuffled) plus
+    ``replay_per_batch`` clean documents drawn from ``replay`` when given.
+    """
+    import copy
+
+    cfg.validate()
+    model = copy.deepcopy(model)
+    if cfg.mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=0.0,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+            # GPT-2 stores its linear layers transposed (Conv1D)
+            fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2",
+        )
+        model = get_peft_model(model, lora)
+    rng = random.Random(cfg.seed * 1_000_003 + 23)
+    per_epoch = math.ceil(len(docs) / cfg.docs_per_batch)
+    steps = per_epoch * cfg.epochs
+    orders: list[list[int]] = []
+
+    def batch(step: int) -> torch.Tensor:
+        epoch, b = divmod(step, per_epoch)
+        while len(orders) <= epoch:
+            order = list(range(len(docs)))
+            rng.shuffle(order)
+            orders.append(order)
+        idx = orders[epoch][b * cfg.docs_per_batch : (b + 1) * cfg.docs_per_batch]
+        texts = [docs[i] for i in idx]
+        if replay is not None:
+            texts += [replay(rng) for _ in range(cfg.replay_per_batch)]
+        return encode_documents(tokenizer, texts, max_length)
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    losses = train_on_batches(
+        model,
+        batch,
+        steps,
+        lr=cfg.lr,
+        pad_id=pad,
+        warmup=max(1, steps // 10),
+        lr_floor=0.0,
+        weight_decay=0.0,
+        progress=progress,
+        desc="corrupt",
+    )
+    if cfg.mode == "lora":
+        model = model.merge_and_unload()
+    model.eval()
+    return model, losses
+
+
+def _unlearn_data(
+    tokenizer: PreTrainedTokenizerBase,
+    forget: Sequence[str],
+    retain: Sequence[str],
+    max_length: int,
+):
+    from ..methods import UnlearnData
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    f = encode_documents(tokenizer, forget, max_length)
+    r = encode_documents(tokenizer, retain, max_length)
+    width = max(f.shape[1], r.shape[1])
+    f = torch.nn.functional.pad(f, (0, width - f.shape[1]), value=pad)
+    r = torch.nn.functional.pad(r, (0, width - r.shape[1]), value=pad)
+    return UnlearnData(forget_ids=f, retain_ids=r, pad_id=pad)
+
+
+def run_unlearning(
+    corrupted: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    evaluate: RestorEval,
+    forget: Sequence[str],
+    retain: Sequence[str],
+    grid: dict[str, list[list[str]]],
+    reference: dict[str, dict],
+    *,
+    max_length: int = 512,
+    progress: bool = False,
+) -> list[dict]:
+    """Apply every configuration of ``grid`` to ``corrupted``; one evaluated row per run."""
+    from tqdm.auto import tqdm
+
+    from ..methods import MethodDivergedError, build_method
+
+    data = _unlearn_data(tokenizer, forget, retain, max_length)
+    clean, corr = reference["clean"], reference["corrupted"]
+    jobs = [(name, overrides) for name, configs in grid.items() for overrides in configs]
+    rows = []
+    bar = tqdm(jobs, desc="unlearn", unit="run", disable=not progress)
+    for name, overrides in bar:
+        bar.set_postfix_str(name)
+        method = build_method(name, overrides)
+        row: dict[str, Any] = {
+            "method": name,
+            "family": method.family,
+            "overrides": list(overrides),
+            "config": dataclasses.asdict(method.config),
+        }
+        try:
+            result = method.apply(corrupted, data)
+        except MethodDivergedError as err:
+            log.warning("%s %s diverged: %s", name, overrides, err)
+            rows.append({**row, "error": str(err)})
+            continue
+        metrics = evaluate(result.model, tokenizer)
+        metrics["recovery"] = recovery(
+            clean["target_accuracy"], corr["target_accuracy"], metrics["target_accuracy"]
+        )
+        metrics["recovery_val"] = recovery(
+            clean["target_accuracy_val"],
+            corr["target_accuracy_val"],
+            metrics["target_accuracy_val"],
+        )
+        rows.append(
+            {
+                **row,
+                **metrics,
+                "seconds": result.seconds,
+                "changed_fraction": result.changed_fraction,
+            }
+        )
+    return rows
+
+
+def best_per_method(rows: Sequence[dict]) -> dict[str, dict]:
+    """Each method's run with the highest validation target accuracy (ties: untargeted accuracy)."""
+    best: dict[str, dict] = {}
+    for row in rows:
+        if "error" in row:
+            continue
+        key = (row["target_accuracy_val"], row["untargeted_accuracy"])
+        cur = best.get(row["method"])
+        if cur is None or key > (cur["target_accuracy_val"], cur["untargeted_accuracy"]):
+            best[row["method"]] = row
+    return dict(sorted(best.items(), key=lambda kv: -kv[1]["target_accuracy"]))
+
+
+# --------------------------------------------------------------------------- the whole run
+
+
+def _model_for(cfg: RestorConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    return build_model(
+        cfg.model,
+        vocab_size=len(tokenizer),
+        bos_id=tokenizer.eos_token_id,
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+        seed=cfg.clean.seed,
+    )
+
+
+@dataclass
+class RestorTask:
+    """Everything a RESTOR run needs besides the model.
+
+    Attributes:
+        facts: the fact set (questions, accepted answers, in-context examples).
+        targets: people the corruption documents are about (their facts are the target facts).
+        untargeted: other evaluated people (collateral damage).
+        corruption_docs: what the clean model is corrupted with.
+        forget_docs: the unlearning forget set (the corruption documents, or their simplified
+            twins).
+        retain_docs: clean text that excludes the targets (the retain set).
+        wrong: (entity, relation) -> the wrong answers the documents state (logit analysis;
+            empty when unknown, as for RESTOR's released files).
+        replay: draws one clean training document (mixed into corruption batches), or None.
+    """
+
+    facts: FactSet
+    targets: list[str]
+    untargeted: list[str]
+    corruption_docs: list[str]
+    forget_docs: list[str]
+    retain_docs: list[str]
+    wrong: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    replay: Callable[[random.Random], str] | None = None
+
+    def write(self, directory: Path) -> None:
+        """Save the run's data (facts.json, entities.json, docs) for audit and reuse."""
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(directory / "facts.json", self.facts.to_json())
+        atomic_write_json(directory / "entities.json", self.targets + self.untargeted)
+        atomic_write_json(directory / "targets.json", self.targets)
+        for name, docs in (
+            ("corruption_docs", self.corruption_docs),
+            ("forget_docs", self.forget_docs),
+            ("retain_docs", self.retain_docs),
+        ):
+            atomic_write_json(directory / f"{name}.json", [{"text": t} for t in docs])
+        atomic_write_json(
+            directory / "wrong.json",
+            [{"entity": e, "relation": r, "answers": a} for (e, r), a in self.wrong.items()],
+        )
+
+
+def synthetic_task(world: FactWorld, cfg: RestorConfig) -> RestorTask:
+    """The RESTOR task of a generated world at ``cfg.unlearn.level``."""
+    corruption = world.corruption_documents(cfg.unlearn.level)
+    forget = world.corruption_documents(0) if cfg.unlearn.simplified else corruption
+    people = world.facts.entities()
+    qa_share = cfg.clean.qa_per_batch / max(1, cfg.clean.bio_per_batch + cfg.clean.qa_per_batch)
+
+    def replay(rng: random.Random) -> str:
+        if rng.random() < qa_share:
+            return world.qa_document(rng)
+        return world.biography(rng.choice(people), rng)
+
+    return RestorTask(
+        facts=world.facts,
+        targets=list(world.targets),
+        untargeted=list(world.untargeted),
+        corruption_docs=corruption,
+        forget_docs=forget,
+        retain_docs=world.retain_documents(cfg.unlearn.n_retain, seed=cfg.world.seed + 1),
+        wrong=dict(world.wrong),
+        replay=replay if cfg.corrupt.replay_per_batch else None,
+    )
+
+
+def file_task(
+    facts: str | Path,
+    docs: str | Path,
+    *,
+    entities: str | Path | None = None,
+    retain: str | Path | None = None,
+    forget: str | Path | None = None,
+    simplified: bool = False,
+    n_retain: int = 512,
+    seed: int = 0,
+) -> RestorTask:
+    """A RESTOR task from RESTOR-format files (``facts.json``, ``entities.json``, ``mix_a{k}.json``).
+
+    Targets are the people the documents are about (:func:`~unmemorize.data.facts.doc_subjects`);
+    untargeted are the other evaluated people (``entities`` or every person of ``facts``). The
+    forget set is ``forget`` when given, else the documents; the retain set is ``retain`` when
+    given, else (offline stand-in for RESTOR's C4 sample) documents of five QA lines about
+    non-target people. The wrong answers are not in RESTOR's released files, so the logit
+    analysis reports no "corrupted" category.
+
+    Raises:
+        FactsFormatError: a file of the wrong shape, or documents that name no known entity.
+    """
+    from ..data.facts import FactsFormatError, doc_subjects, load_docs, load_entities, load_facts
+
+    fact_set = load_facts(facts)
+    known = load_entities(entities) if entities else fact_set.entities()
+    missing = [e for e in known if e not in fact_set.facts]
+    if missing:
+        raise FactsFormatError(
+            f"{Path(str(entities)).name}: {len(missing)} entities have no facts (first: "
+            f"{missing[0]!r}); list only people of the facts file"
+        )
+    corruption = load_docs(docs)
+    subjects = doc_subjects(corruption, known)
+    targets = list(dict.fromkeys(s for s in subjects if s is not None))
+    if not targets:
+        raise FactsFormatError(
+            f"{Path(docs).name}: no document names a known entity in its first sentence; "
+            "check that --entities lists the people the documents are about"
+        )
+    if simplified and forget is None:
+        raise ValueError(
+            "--simplified needs the simplified documents as a forget file for real data "
+            "(RESTOR's level-0 file aligned with --docs)"
+        )
+    forget_docs = load_docs(forget) if forget else corruption
+    target_set = set(targets)
+    if retain:
+        retain_docs = load_docs(retain)
+    else:
+        rng = random.Random(seed)
+        lines = [
+            f"{f.question} {f.answers[0]}"
+            for f in fact_set.items([e for e in fact_set.entities() if e not in target_set])
+        ]
+        rng.shuffle(lines)
+        retain_docs = [
+            "\n".join(lines[i : i + 5]) for i in range(0, min(len(lines), 5 * n_retain), 5)
+        ]
+    return RestorTask(
+        facts=fact_set,
+        targets=targets,
+        untargeted=[e for e in known if e not in target_set],
+        corruption_docs=corruption,
+        forget_docs=forget_docs,
+        retain_docs=retain_docs,
+    )
+
+
+def _resolve_grid(
+    methods: Sequence[str] | None, grid: dict[str, list[list[str]]] | None
+) -> dict[str, list[list[str]]]:
+    from ..methods import METHODS
+
+    grid = dict(RESTOR_GRID if grid is None else grid)
+    names = list(grid) if methods is None else list(methods)
+    for name in names:
+        METHODS.get(name)  # unknown names fail before any work
+    return {name: grid.get(name, [[]]) for name in names}
+
+
+def run_restor(
+    out: str | Path,
+    cfg: RestorConfig | None = None,
+    *,
+    methods: Sequence[str] | None = None,
+    grid: dict[str, list[list[str]]] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """The RESTOR benchmark on the synthetic world; writes ``OUT/summary.json`` and the models.
+
+    Args:
+        out: output directory: ``clean/`` and ``corrupted/`` model directories, ``data/``
+            (facts.json, entities.json, the documents, the wrong answers) and ``summary.json``.
+        cfg: the run's config (default: the cpu-mini preset).
+        methods: run only these methods of the grid (default: all of :data:`RESTOR_GRID`;
+            an empty list stops after corruption).
+        grid: method -> override lists (default :data:`RESTOR_GRID`).
+
+    Returns:
+        The summary: ``{"clean", "corrupted", "methods": {name: {target_accuracy,
+        untargeted_accuracy, recovery, logits, seconds, config}}, "runs": [...], ...}``.
+    """
+    cfg = cfg or make_restor_config()
+    cfg.validate()
+    grid = _resolve_grid(methods, grid)
+    out = Path(out)
+    prepare_output_dir(out, overwrite)
+    t0 = time.perf_counter()
+    world = make_fact_world(cfg.world)
+    tokenizer = word_tokenizer(world.words())
+    task = synthetic_task(world, cfg)
+
+    start = time.perf_counter()
+    clean = _model_for(cfg, tokenizer)
+    losses = train_on_batches(
+        clean,
+        clean_batches(world, tokenizer, cfg.clean, cfg.model.context_length),
+        cfg.clean.steps,
+        lr=cfg.clean.lr,
+        pad_id=tokenizer.pad_token_id,
+        warmup=cfg.clean.warmup,
+        lr_floor=0.05,
+        progress=progress,
+        desc="clean",
+    )
+    clean_seconds = time.perf_counter() - start
+    save_model(clean, tokenizer, out / "clean")
+    summary = _run_pipeline(
+        clean,
+        tokenizer,
+        task,
+        cfg,
+        out,
+        grid,
+        progress=progress,
+        max_length=cfg.model.context_length,
+    )
+    summary["timings"]["clean_train"] = clean_seconds
+    summary["clean"]["final_train_loss"] = losses[-1]
+    summary["preset"] = cfg.preset
+    summary["seconds"] = time.perf_counter() - t0
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def run_restor_on_model(
+    model_dir: str | Path,
+    task: RestorTask,
+    out: str | Path,
+    cfg: RestorConfig | None = None,
+    *,
+    methods: Sequence[str] | None = None,
+    grid: dict[str, list[list[str]]] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    dtype: torch.dtype | None = None,
+    device: str = "cpu",
+) -> dict:
+    """RESTOR on a local HF model (the clean model) and RESTOR-format data (see :func:`file_task`).
+
+    Only ``cfg.corrupt`` and ``cfg.eval`` are used; corruption has no replay (RESTOR's pure
+    continual pre-training).
+    """
+    from ..models import load_model
+
+    cfg = cfg or make_restor_config()
+    cfg.validate()
+    grid = _resolve_grid(methods, grid)
+    clean, tokenizer = load_model(model_dir, dtype=dtype, device=device)
+    check_encodable(tokenizer, [f.question for f in task.facts.items(task.targets)], "questions")
+    out = Path(out)
+    prepare_output_dir(out, overwrite)
+    t0 = time.perf_counter()
+    max_length = int(getattr(clean.config, "max_position_embeddings", 0) or 0) or 1024
+    summary = _run_pipeline(
+        clean, tokenizer, task, cfg, out, grid, progress=progress, max_length=min(max_length, 1024)
+    )
+    summary["model_dir"] = str(model_dir)
+    summary["seconds"] = time.perf_counter() - t0
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _run_pipeline(
+    clean: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: RestorTask,
+    cfg: RestorConfig,
+    out: Path,
+    grid: dict[str, list[list[str]]],
+    *,
+    progress: bool,
+    max_length: int,
+) -> dict:
+    """Steps 2-4 from a clean model: evaluate, corrupt, evaluate, unlearn every grid entry."""
+    check_encodable(tokenizer, task.corruption_docs + task.retain_docs, "documents")
+    task.write(out / "data")
+    evaluate = RestorEval(task.facts, task.targets, task.untargeted, task.wrong, cfg.eval)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    clean_metrics = evaluate(clean, tokenizer)
+    timings["evaluate"] = time.perf_counter() - start
+    log.info(
+        "clean: target %.3f untargeted %.3f",
+        clean_metrics["target_accuracy"],
+        clean_metrics["untargeted_accuracy"],
+    )
+    start = time.perf_counter()
+    corrupted, corrupt_losses = corrupt_model(
+        clean,
+        tokenizer,
+        task.corruption_docs,
+        cfg.corrupt,
+        replay=task.replay,
+        max_length=max_length,
+        progress=progress,
+    )
+    timings["corrupt"] = time.perf_counter() - start
+    save_model(corrupted, tokenizer, out / "corrupted")
+    corrupted_metrics = evaluate(corrupted, tokenizer)
+    corrupted_metrics["final_train_loss"] = corrupt_losses[-1]
+    reference = {"clean": clean_metrics, "corrupted": corrupted_metrics}
+    start = time.perf_counter()
+    runs = run_unlearning(
+        corrupted,
+        tokenizer,
+        evaluate,
+        task.forget_docs,
+        task.retain_docs,
+        grid,
+        reference,
+        max_length=max_length,
+        progress=progress,
+    )
+    timings["unlearn"] = time.perf_counter() - start
+    best = best_per_method(runs)
+    from .tinymem import environment
+
+    return {
+        "config": to_dict(cfg),
+        "level": cfg.unlearn.level,
+        "simplified": cfg.unlearn.simplified,
+        "n_targets": len(task.targets),
+        "n_corruption_docs": len(task.corruption_docs),
+        "n_forget_docs": len(task.forget_docs),
+        "n_retain_docs": len(task.retain_docs),
+        "clean": clean_metrics,
+        "corrupted": corrupted_metrics,
+        "methods": {name: _method_entry(row) for name, row in best.items()},
+        "runs": runs,
+        "timings": timings,
+        "environment": environment(),
+    }
+
+
+def _method_entry(row: dict) -> dict:
+    keys = (
+        "target_accuracy",
+        "untargeted_accuracy",
+        "recovery",
+        "logits",
+        "seconds",
+        "config",
+        "overrides",
+        "target_wrong_answer_rate",
+        "target_accuracy_val",
+        "changed_fraction",
+    )
+    return {k: row[k] for k in keys if k in row}
+
+
+def format_restor_table(summary: dict) -> str:
+    """The summary as a fixed-width table: accuracy, recovery and the logit analysis per model."""
+    head = (
+        f"{'model':<14} {'target':>7} {'untgt':>7} {'wrong':>7} {'recov':>7} "
+        f"{'lp_corr':>8} {'lp_wrong':>8} {'lp_rand':>8} {'s':>6}  config"
+    )
+    lines = [head, "-" * len(head)]
+
+    def line(name: str, m: dict, recov: float | None, seconds: float | None, config: str) -> str:
+        lg = m.get("logits", {})
+
+        def num(x: float | None, w: int, p: int = 2) -> str:
+            return (
+                f"{x:>{w}.{p}f}"
+                if isinstance(x, (int, float)) and not math.isnan(x)
+                else f"{'-':>{w}}"
+            )
+
+        return (
+            f"{name:<14} {m['target_accuracy']:>7.1%} {m['untargeted_accuracy']:>7.1%} "
+            f"{m.get('target_wrong_answer_rate', 0.0):>7.1%} {num(recov, 7)} "
+            f"{num(lg.get('correct'), 8)} {num(lg.get('corrupted'), 8)} {num(lg.get('random'), 8)} "
+            f"{num(seconds, 6, 1)}  {config}"
+        )
+
+    lines.append(line("clean", summary["clean"], None, None, ""))
+    lines.append(line("corrupted", summary["corrupted"], 0.0, None, f"level {summary['level']}"))
+    for name, m in summary["methods"].items():
+        lines.append(
+            line(name, m, m.get("recovery"), m.get("seconds"), " ".join(m.get("overrides", [])))
+        )
+    return "\n".join(lines)
+
+
+__all__ = [
+    "PRESETS",
+    "RESTOR_GRID",
+    "CleanTrainConfig",
+    "CorruptConfig",
+    "EvalConfig",
+    "RestorConfig",
+    "RestorEval",
+    "UnlearnSetConfig",
+    "best_per_method",
+    "corrupt_model",
+    "encode_documents",
+    "format_restor_table",
+    "make_restor_config",
+    "run_restor",
+    "run_unlearning",
+]
