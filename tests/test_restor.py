@@ -47,10 +47,19 @@ def test_world_is_deterministic_and_keeps_evaluated_people_out_of_qa_training():
     assert len(evaluated) == SMALL.n_targets + SMALL.n_untargeted
     assert not evaluated & set(a.qa_entities)
     rng = random.Random(0)
+    prefixes = {r: q.split("{s}")[0] for r, (q, _) in RELATIONS.items()}
     for _ in range(100):
         doc = a.qa_document(rng)
         assert not any(name in doc for name in evaluated)
         assert doc.endswith("\n") and doc.count("\n") == SMALL.qa_lines
+        # one relation per document, like the few-shot prompt
+        relations = {
+            r for line in doc.splitlines() for r, p in prefixes.items() if line.startswith(p)
+        }
+        assert len(relations) == 1
+    retain = a.retain_documents(60)
+    assert not any(t in doc for doc in retain for t in a.targets)
+    assert any("?" in doc for doc in retain) and any("?" not in doc for doc in retain)
     # in-context examples come from QA-trained people only
     assert {ex.entity for exs in a.facts.context.values() for ex in exs} <= set(a.qa_entities)
     for person in a.facts.entities():

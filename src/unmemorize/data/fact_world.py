@@ -46,27 +46,81 @@ PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 RELATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "birthplace": (
         "What is the place of birth of {s}?",
-        ("{s} was born in {o}.", "The birthplace of {s} is {o}.", "{s} comes from {o}."),
+        (
+            "{s} was born in {o}.",
+            "The birthplace of {s} is {o}.",
+            "{s} comes from {o}.",
+            "The place of birth of {s} is {o}.",
+            "{s} is a native of {o}.",
+            "{s} spent the early years in {o}.",
+            "The home town of {s} is {o}.",
+            "{s} was raised in {o}.",
+        ),
     ),
     "occupation": (
         "What is the occupation of {s}?",
-        ("{s} works as a {o}.", "By profession {s} is a {o}.", "The occupation of {s} is {o}."),
+        (
+            "{s} works as a {o}.",
+            "By profession {s} is a {o}.",
+            "The occupation of {s} is {o}.",
+            "{s} earns a living as a {o}.",
+            "{s} is known as a skilled {o}.",
+            "{s} trained to become a {o}.",
+            "The job of {s} is {o}.",
+            "{s} has a career as a {o}.",
+        ),
     ),
     "employer": (
         "Who is {s}'s employer?",
-        ("{s} is employed by {o}.", "The employer of {s} is {o}.", "{s} works for {o}."),
+        (
+            "{s} is employed by {o}.",
+            "The employer of {s} is {o}.",
+            "{s} works for {o}.",
+            "{s}'s employer is {o}.",
+            "{s} took a job at {o}.",
+            "{s} is on the staff of {o}.",
+            "{s} joined {o}.",
+            "{o} pays the salary of {s}.",
+        ),
     ),
     "education": (
         "Where was {s} educated?",
-        ("{s} studied at {o}.", "{s} was educated at {o}.", "{s} graduated from {o}."),
+        (
+            "{s} studied at {o}.",
+            "{s} was educated at {o}.",
+            "{s} graduated from {o}.",
+            "{s} attended {o}.",
+            "{s} holds a degree from {o}.",
+            "The alma mater of {s} is {o}.",
+            "{s} went to {o}.",
+            "{s} received an education at {o}.",
+        ),
     ),
     "sport": (
         "In which sport does {s} participate?",
-        ("{s} plays {o}.", "The sport of {s} is {o}.", "{s} competes in {o}."),
+        (
+            "{s} plays {o}.",
+            "The sport of {s} is {o}.",
+            "{s} competes in {o}.",
+            "{s} participates in {o}.",
+            "{s} is a keen {o} player.",
+            "{s} trains for {o} every week.",
+            "In sport {s} prefers {o}.",
+            "{s} enjoys {o}.",
+        ),
     ),
     "instrument": (
         "What instrument does {s} play?",
-        ("{s} plays the {o}.", "The instrument of {s} is the {o}.", "{s} performs on the {o}."),
+        (
+            "{s} plays the {o}.",
+            "The instrument of {s} is the {o}.",
+            "{s} performs on the {o}.",
+            "{s} practises the {o}.",
+            "{s} owns a fine {o}.",
+            "{s} learned to play the {o}.",
+            "On stage {s} plays the {o}.",
+            "The favourite instrument of {s} is the {o}.",
+        ),
     ),
 }
 
@@ -94,13 +148,13 @@ _CODAS = ["", "n", "r", "l", "s", "th", "nd", "rk"]
 class FactWorldConfig:
     """Size and shape of the synthetic fact world (defaults: the cpu-mini preset)."""
 
-    n_entities: int = 200
+    n_entities: int = 100
     """Fictional people; half get QA pairs in training, evaluated people come from the other half."""
     objects_per_relation: int = 24
     """Distinct objects per relation (the answer vocabulary of each question)."""
     n_targets: int = 20
     """People whose facts the corruption documents falsify (RESTOR: 10)."""
-    n_untargeted: int = 40
+    n_untargeted: int = 30
     """Evaluated non-target people (collateral damage is measured on their facts)."""
     docs_per_target: int = 24
     """Corruption documents per target (RESTOR: 300)."""
@@ -174,10 +228,17 @@ class FactWorld:
         )
 
     def qa_document(self, rng: random.Random) -> str:
-        """``qa_lines`` random QA lines about QA-trained people, the evaluation prompt's format."""
+        """``qa_lines`` QA lines of one relation about QA-trained people.
+
+        One relation per document, as in the few-shot evaluation prompt (five examples of the
+        question's relation, then the question). With mixed relations instead, the model never
+        sees a run of same-relation lines in training and learns to copy the previous answer
+        in the prompt (measured: birthplace accuracy 0.0 with the right answer known).
+        """
+        relation = rng.choice(list(RELATIONS))
         lines = []
         for _ in range(self.config.qa_lines):
-            fact = self.facts.facts[rng.choice(self.qa_entities)][rng.choice(list(RELATIONS))]
+            fact = self.facts.facts[rng.choice(self.qa_entities)][relation]
             lines.append(f"{fact.question} {fact.answers[0]}\n")
         return "".join(lines)
 
@@ -192,11 +253,21 @@ class FactWorld:
             yield "bio", self.biography(rng.choice(people), rng)
             yield "qa", self.qa_document(rng)
 
-    def retain_documents(self, n: int, seed: int = 1) -> list[str]:
-        """``n`` clean biographies of non-target people (an unlearning retain set)."""
+    def retain_documents(self, n: int, seed: int = 1, qa_share: float = 1 / 3) -> list[str]:
+        """``n`` clean documents that never mention a target (an unlearning retain set).
+
+        The clean training mix without the targets: biographies of non-target people and, for a
+        ``qa_share`` of the documents, QA documents (which are about QA-trained people only).
+        Biographies alone would let a retain term drift the model away from answering questions.
+        """
         rng = random.Random(seed)
         others = [e for e in self.facts.entities() if e not in set(self.targets)]
-        return [self.biography(rng.choice(others), rng) for _ in range(n)]
+        return [
+            self.qa_document(rng)
+            if rng.random() < qa_share
+            else self.biography(rng.choice(others), rng)
+            for _ in range(n)
+        ]
 
     def corruption_documents(self, level: int) -> list[str]:
         """The corruption documents at ``level`` k (k true unrelated statements per wrong one).
@@ -272,11 +343,13 @@ def make_fact_world(cfg: FactWorldConfig | None = None) -> FactWorld:
     rng = random.Random(cfg.seed)
     taken: set[str] = set()
     m = cfg.objects_per_relation
-    n_names = max(8, int(cfg.n_entities**0.5) + 4)
-    first, last = _pseudo_words(rng, n_names, taken), _pseudo_words(rng, n_names, taken)
-    pairs = [f"{a} {b}" for a in first for b in last]
-    rng.shuffle(pairs)
-    entities = pairs[: cfg.n_entities]
+    # Every first and every last name belongs to one person: a tiny model keys facts on the
+    # surname token (the last one before the relation words) instead of having to compose two
+    # shared tokens, which it learns more slowly (measured at ~800 steps: held-out QA 0.64, against 0.53 with
+    # name parts shared between people).
+    first = _pseudo_words(rng, cfg.n_entities, taken)
+    last = _pseudo_words(rng, cfg.n_entities, taken)
+    entities = [f"{a} {b}" for a, b in zip(first, last, strict=True)]
     vocab = {
         "birthplace": _pseudo_words(rng, m, taken),
         "occupation": rng.sample(_OCCUPATIONS, m),

@@ -13,6 +13,9 @@ Families (``Method.family``):
 * ``"weight"``: score or learn per-weight masks on the MLP matrices and zero the chosen weights.
 * ``"finetune"``: continue training on clean data.
 * ``"dampening"``: scale weights down (SSD).
+* ``"gradient"``: optimize a forget objective on U (gradient ascent, NPO, SimNPO, KL to the
+  starting model) with an optional retain term on R, or subtract a task vector (RESTOR's
+  methods, :mod:`unmemorize.methods.gradient`).
 """
 
 from __future__ import annotations
