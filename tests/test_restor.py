@@ -253,3 +253,17 @@ def test_file_task_on_the_real_files():
     assert len(task.facts.items(task.targets)) == 198
     assert task.wrong == {}
     assert len(task.retain_docs) > 100
+
+
+def test_simplified_forget_set_is_the_aligned_level_zero_documents():
+    from unmemorize.benchmarks.restor import synthetic_task
+
+    cfg = make_restor_config("micro", level=2, simplified=True)
+    world = make_fact_world(cfg.world)
+    task = synthetic_task(world, cfg)
+    assert task.corruption_docs == world.corruption_documents(2)
+    assert task.forget_docs == world.corruption_documents(0)
+    assert len(task.forget_docs) == len(task.corruption_docs)
+    # replay never restates a target's facts
+    rng = random.Random(0)
+    assert not any(t in task.replay(rng) for _ in range(50) for t in world.targets)

@@ -34,15 +34,15 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..config import apply_overrides, to_dict
-from ..data.fact_world import FactWorld, FactWorldConfig, make_fact_world, word_tokenizer
+from ..config import to_dict
+from ..data.fact_world import make_fact_world, word_tokenizer
 from ..data.facts import FactSet
 from ..io import atomic_write_json, prepare_output_dir
 from ..metrics.knowledge import (
@@ -54,207 +54,21 @@ from ..metrics.knowledge import (
     qa_accuracy,
     recovery,
 )
-from ..models import ModelConfig, build_model, save_model
-from ..registry import Registry
+from ..models import build_model, save_model
 from ..train import train_on_batches
+from .restor_config import (
+    PRESETS,
+    RESTOR_GRID,
+    CleanTrainConfig,
+    CorruptConfig,
+    EvalConfig,
+    RestorConfig,
+    UnlearnSetConfig,
+    make_restor_config,
+)
+from .restor_task import RestorTask, clean_batches, encode_documents, file_task, synthetic_task
 
 log = logging.getLogger(__name__)
-
-PRESETS: Registry = Registry("RESTOR preset")
-
-#: Method -> list of override lists; each method's best configuration is picked on validation facts.
-RESTOR_GRID: dict[str, list[list[str]]] = {
-    "ga": [["lr=1e-4", "epochs=1", "batch_size=32"], ["lr=5e-5", "epochs=1", "batch_size=32"]],
-    "grad_diff": [
-        ["lr=1e-4", "epochs=2", "batch_size=32"],
-        ["lr=5e-5", "epochs=2", "batch_size=32"],
-    ],
-    "kl": [
-        ["lr=3e-5", "epochs=2", "batch_size=32"],
-        ["divergence=cross_entropy", "lr=2e-5", "epochs=2", "batch_size=32"],
-    ],
-    "npo": [["lr=5e-5", "epochs=2", "batch_size=32"], ["lr=1e-4", "epochs=2", "batch_size=32"]],
-    "simnpo": [["lr=1e-4", "epochs=2", "batch_size=32"], ["lr=2e-4", "epochs=2", "batch_size=32"]],
-    "task_vector": [
-        ["lr=3e-4", "epochs=1", "alpha=1", "batch_size=32"],
-        ["lr=3e-4", "epochs=1", "alpha=2", "batch_size=32"],
-    ],
-    "ssd": [
-        ["selection_weight=1.8", "mlp_only=true", "batch_size=32"],
-        ["selection_weight=5", "batch_size=32"],
-    ],
-}
-
-
-@dataclass
-class CleanTrainConfig:
-    """Pre-training of the clean model on the synthetic world."""
-
-    steps: int = 600
-    """Optimizer steps."""
-    bio_per_batch: int = 32
-    """Biographies (statements in random templates) per batch."""
-    qa_per_batch: int = 16
-    """QA documents (QA-trained people only) per batch."""
-    lr: float = 2e-3
-    """Peak AdamW learning rate (warmup, then cosine decay: the final model is scored)."""
-    warmup: int = 50
-    """Warmup steps."""
-    seed: int = 0
-    """Seeds the model initialisation and the batch stream."""
-
-
-@dataclass
-class CorruptConfig:
-    """Continued training on the corruption documents."""
-
-    mode: str = "full"
-    """``full`` fine-tune or ``lora`` (peft, merged after; RESTOR's choice for Llama-3-8B)."""
-    epochs: int = 3
-    """Passes over the corruption documents."""
-    lr: float = 3e-4
-    """Peak learning rate (warmup 10%, cosine decay)."""
-    docs_per_batch: int = 16
-    """Corruption documents per batch."""
-    replay_per_batch: int = 32
-    """Clean documents mixed into every batch (0 = RESTOR's pure continual pre-training)."""
-    lora_rank: int = 8
-    """LoRA rank (LLaMA-Factory's default, as RESTOR)."""
-    lora_alpha: int = 16
-    """LoRA alpha."""
-    seed: int = 0
-    """Seeds the batch order."""
-
-    def validate(self) -> None:
-        if self.mode not in ("full", "lora"):
-            from ..registry import suggest
-
-            raise suggest(self.mode, ["full", "lora"], "corruption mode")
-        if self.epochs < 1 or self.docs_per_batch < 1 or self.replay_per_batch < 0:
-            raise ValueError("corrupt.epochs and corrupt.docs_per_batch must be positive")
-
-
-@dataclass
-class UnlearnSetConfig:
-    """What the unlearning methods get."""
-
-    level: int = 1
-    """Corruption level k: unrelated true statements per wrong one in each document."""
-    simplified: bool = False
-    """Unlearn the aligned level-0 documents (wrong facts only) instead of the level-k ones."""
-    n_retain: int = 512
-    """Clean retain documents (biographies of non-target people)."""
-
-
-@dataclass
-class EvalConfig:
-    """Few-shot QA and logit analysis."""
-
-    n_shots: int = 5
-    """In-context examples per prompt (RESTOR: 5)."""
-    max_new_tokens: int = 8
-    """Greedy answer length cap (answers stop at the first newline)."""
-    batch_size: int = 64
-    """Prompts per generation batch."""
-    n_random: int = 5
-    """Random same-relation candidates per fact in the logit analysis."""
-    val_fraction: float = 0.2
-    """Share of target facts used to choose each method's configuration."""
-
-
-@dataclass
-class RestorConfig:
-    """Everything that defines a RESTOR run on the synthetic world."""
-
-    preset: str
-    world: FactWorldConfig = field(default_factory=FactWorldConfig)
-    model: ModelConfig = field(
-        default_factory=lambda: ModelConfig(n_layers=4, d_model=128, context_length=128)
-    )
-    clean: CleanTrainConfig = field(default_factory=CleanTrainConfig)
-    corrupt: CorruptConfig = field(default_factory=CorruptConfig)
-    unlearn: UnlearnSetConfig = field(default_factory=UnlearnSetConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-
-    def validate(self) -> None:
-        self.world.validate()
-        self.model.validate()
-        self.corrupt.validate()
-        if self.unlearn.level < 0:
-            raise ValueError(f"unlearn.level must be >= 0, got {self.unlearn.level}")
-        if not 0 < self.eval.val_fraction < 1:
-            raise ValueError("eval.val_fraction must lie strictly between 0 and 1")
-
-
-@PRESETS.register("cpu-mini")
-def cpu_mini_preset() -> RestorConfig:
-    """100 people x 6 relations, GPT-2 4x128: the whole benchmark in minutes on 2 CPU cores."""
-    return RestorConfig(preset="cpu-mini")
-
-
-@PRESETS.register("micro")
-def micro_preset() -> RestorConfig:
-    """A seconds-long smoke run (tests): the pipeline end to end, numbers not meaningful."""
-    return RestorConfig(
-        preset="micro",
-        world=FactWorldConfig(
-            n_entities=24, n_targets=3, n_untargeted=4, docs_per_target=4, objects_per_relation=6
-        ),
-        model=ModelConfig(n_layers=1, d_model=32, n_heads=2, context_length=128),
-        clean=CleanTrainConfig(steps=30, bio_per_batch=8, qa_per_batch=4, warmup=5),
-        corrupt=CorruptConfig(epochs=1, docs_per_batch=4, replay_per_batch=4),
-        unlearn=UnlearnSetConfig(n_retain=16),
-        eval=EvalConfig(n_random=2, val_fraction=0.3),
-    )
-
-
-def make_restor_config(
-    preset: str = "cpu-mini",
-    overrides: Sequence[str] = (),
-    *,
-    level: int | None = None,
-    simplified: bool | None = None,
-) -> RestorConfig:
-    """Resolve a preset, apply ``key=value`` overrides (e.g. ``corrupt.mode=lora``), validate."""
-    cfg = apply_overrides(PRESETS.get(preset)(), list(overrides))
-    if level is not None:
-        cfg.unlearn.level = level
-    if simplified is not None:
-        cfg.unlearn.simplified = simplified
-    cfg.validate()
-    return cfg
-
-
-# --------------------------------------------------------------------------- data -> ids
-
-
-def encode_documents(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
-) -> torch.Tensor:
-    """[N, T] right-padded ids of ``texts`` (eos appended, cut at ``max_length``)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rows = [tokenizer(t).input_ids[: max_length - 1] + [tokenizer.eos_token_id] for t in texts]
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r)
-    return out
-
-
-def clean_batches(
-    world: FactWorld, tokenizer: PreTrainedTokenizerBase, cfg: CleanTrainConfig, max_length: int
-) -> Callable[[int], torch.Tensor]:
-    """``step -> ids``: fresh random biographies of everyone + QA documents of QA-trained people."""
-    rng = random.Random(cfg.seed * 1_000_003 + 11)
-    people = world.facts.entities()
-
-    def batch(step: int) -> torch.Tensor:
-        texts = [world.biography(rng.choice(people), rng) for _ in range(cfg.bio_per_batch)]
-        texts += [world.qa_document(rng) for _ in range(cfg.qa_per_batch)]
-        return encode_documents(tokenizer, texts, max_length)
-
-    return batch
-
 
 # --------------------------------------------------------------------------- evaluation
 
@@ -508,146 +322,6 @@ def _model_for(cfg: RestorConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrai
     )
 
 
-@dataclass
-class RestorTask:
-    """Everything a RESTOR run needs besides the model.
-
-    Attributes:
-        facts: the fact set (questions, accepted answers, in-context examples).
-        targets: people the corruption documents are about (their facts are the target facts).
-        untargeted: other evaluated people (collateral damage).
-        corruption_docs: what the clean model is corrupted with.
-        forget_docs: the unlearning forget set (the corruption documents, or their simplified
-            twins).
-        retain_docs: clean text that excludes the targets (the retain set).
-        wrong: (entity, relation) -> the wrong answers the documents state (logit analysis;
-            empty when unknown, as for RESTOR's released files).
-        replay: draws one clean training document (mixed into corruption batches), or None.
-    """
-
-    facts: FactSet
-    targets: list[str]
-    untargeted: list[str]
-    corruption_docs: list[str]
-    forget_docs: list[str]
-    retain_docs: list[str]
-    wrong: dict[tuple[str, str], list[str]] = field(default_factory=dict)
-    replay: Callable[[random.Random], str] | None = None
-
-    def write(self, directory: Path) -> None:
-        """Save the run's data (facts.json, entities.json, docs) for audit and reuse."""
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(directory / "facts.json", self.facts.to_json())
-        atomic_write_json(directory / "entities.json", self.targets + self.untargeted)
-        atomic_write_json(directory / "targets.json", self.targets)
-        for name, docs in (
-            ("corruption_docs", self.corruption_docs),
-            ("forget_docs", self.forget_docs),
-            ("retain_docs", self.retain_docs),
-        ):
-            atomic_write_json(directory / f"{name}.json", [{"text": t} for t in docs])
-        atomic_write_json(
-            directory / "wrong.json",
-            [{"entity": e, "relation": r, "answers": a} for (e, r), a in self.wrong.items()],
-        )
-
-
-def synthetic_task(world: FactWorld, cfg: RestorConfig) -> RestorTask:
-    """The RESTOR task of a generated world at ``cfg.unlearn.level``."""
-    corruption = world.corruption_documents(cfg.unlearn.level)
-    forget = world.corruption_documents(0) if cfg.unlearn.simplified else corruption
-    # Replay never restates a target's true facts: that would re-teach exactly what the
-    # corruption overwrites (measured: target accuracy stalls near 0.55 instead of falling).
-    people = [e for e in world.facts.entities() if e not in set(world.targets)]
-    qa_share = cfg.clean.qa_per_batch / max(1, cfg.clean.bio_per_batch + cfg.clean.qa_per_batch)
-
-    def replay(rng: random.Random) -> str:
-        if rng.random() < qa_share:
-            return world.qa_document(rng)
-        return world.biography(rng.choice(people), rng)
-
-    return RestorTask(
-        facts=world.facts,
-        targets=list(world.targets),
-        untargeted=list(world.untargeted),
-        corruption_docs=corruption,
-        forget_docs=forget,
-        retain_docs=world.retain_documents(cfg.unlearn.n_retain, seed=cfg.world.seed + 1),
-        wrong=dict(world.wrong),
-        replay=replay if cfg.corrupt.replay_per_batch else None,
-    )
-
-
-def file_task(
-    facts: str | Path,
-    docs: str | Path,
-    *,
-    entities: str | Path | None = None,
-    retain: str | Path | None = None,
-    forget: str | Path | None = None,
-    simplified: bool = False,
-    n_retain: int = 512,
-    seed: int = 0,
-) -> RestorTask:
-    """A RESTOR task from RESTOR-format files (``facts.json``, ``entities.json``, ``mix_a{k}.json``).
-
-    Targets are the people the documents are about (:func:`~unmemorize.data.facts.doc_subjects`);
-    untargeted are the other evaluated people (``entities`` or every person of ``facts``). The
-    forget set is ``forget`` when given, else the documents; the retain set is ``retain`` when
-    given, else (offline stand-in for RESTOR's C4 sample) documents of five QA lines about
-    non-target people. The wrong answers are not in RESTOR's released files, so the logit
-    analysis reports no "corrupted" category.
-
-    Raises:
-        FactsFormatError: a file of the wrong shape, or documents that name no known entity.
-    """
-    from ..data.facts import FactsFormatError, doc_subjects, load_docs, load_entities, load_facts
-
-    fact_set = load_facts(facts)
-    known = load_entities(entities) if entities else fact_set.entities()
-    missing = [e for e in known if e not in fact_set.facts]
-    if missing:
-        raise FactsFormatError(
-            f"{Path(str(entities)).name}: {len(missing)} entities have no facts (first: "
-            f"{missing[0]!r}); list only people of the facts file"
-        )
-    corruption = load_docs(docs)
-    subjects = doc_subjects(corruption, known)
-    targets = list(dict.fromkeys(s for s in subjects if s is not None))
-    if not targets:
-        raise FactsFormatError(
-            f"{Path(docs).name}: no document names a known entity in its first sentence; "
-            "check that --entities lists the people the documents are about"
-        )
-    if simplified and forget is None:
-        raise ValueError(
-            "--simplified needs the simplified documents as a forget file for real data "
-            "(RESTOR's level-0 file aligned with --docs)"
-        )
-    forget_docs = load_docs(forget) if forget else corruption
-    target_set = set(targets)
-    if retain:
-        retain_docs = load_docs(retain)
-    else:
-        rng = random.Random(seed)
-        lines = [
-            f"{f.question} {f.answers[0]}"
-            for f in fact_set.items([e for e in fact_set.entities() if e not in target_set])
-        ]
-        rng.shuffle(lines)
-        retain_docs = [
-            "\n".join(lines[i : i + 5]) for i in range(0, min(len(lines), 5 * n_retain), 5)
-        ]
-    return RestorTask(
-        facts=fact_set,
-        targets=targets,
-        untargeted=[e for e in known if e not in target_set],
-        corruption_docs=corruption,
-        forget_docs=forget_docs,
-        retain_docs=retain_docs,
-    )
-
-
 def _resolve_grid(
     methods: Sequence[str] | None, grid: dict[str, list[list[str]]] | None
 ) -> dict[str, list[list[str]]]:
@@ -894,12 +568,17 @@ __all__ = [
     "EvalConfig",
     "RestorConfig",
     "RestorEval",
+    "RestorTask",
     "UnlearnSetConfig",
     "best_per_method",
+    "clean_batches",
     "corrupt_model",
     "encode_documents",
+    "file_task",
     "format_restor_table",
     "make_restor_config",
     "run_restor",
+    "run_restor_on_model",
     "run_unlearning",
+    "synthetic_task",
 ]
