@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         "100 noised sequences, train a 4-layer GPT-2 until it memorizes them, measure the "
         "memorized fraction, accuracy and perplexity, then apply every mitigation method (a small "
         "grid each) and print a table ranked by the TinyMem paper's score. Writes "
-        "OUT/summary.json and OUT/model/ (about 15 minutes on 2 CPU cores).",
+        "OUT/summary.json and OUT/model/ (about 6 minutes on 2 CPU cores).",
     )
     demo.add_argument(
         "--out", default="unmemorize-demo", help="output directory (default: %(default)s)"
