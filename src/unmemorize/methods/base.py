@@ -338,8 +338,12 @@ def config_fields(cls: type) -> list[dict]:
     import textwrap
 
     helps: dict[str, str] = {}
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    # Base classes first, so a subclass's docstring wins for a field it redeclares.
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
         body = tree.body[0].body  # type: ignore[attr-defined]
         for node, nxt in zip(body, body[1:], strict=False):
             if (
@@ -350,8 +354,6 @@ def config_fields(cls: type) -> list[dict]:
                 and isinstance(nxt.value.value, str)
             ):
                 helps[node.target.id] = " ".join(nxt.value.value.split())
-    except (OSError, TypeError, SyntaxError):
-        pass
     out = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else None

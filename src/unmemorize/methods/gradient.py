@@ -146,74 +146,55 @@ def _check_training(cfg: Any) -> None:
 
 
 @dataclass
-class GAConfig:
+class TrainerConfig:
+    """The shared trainer's settings, which every gradient method has."""
+
+    lr: float = 1e-5
+    """AdamW peak learning rate (linear warmup over the first 10% of steps, then linear decay)."""
+    epochs: int = 5
+    """Passes over the forget set."""
+    batch_size: int = 8
+    """Forget rows per optimizer step (methods with a retain term pair as many retain rows)."""
+    weight_decay: float = 0.0
+    """AdamW (decoupled) weight decay."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (None: epochs x ceil(U / batch_size))."""
+    seed: int = 0
+    """Seeds the batch order and the retain pairing."""
+
+    def validate(self) -> None:
+        _check_training(self)
+
+
+@dataclass
+class RetainTermConfig(TrainerConfig):
+    """Trainer settings plus the weight of the retain NLL."""
+
+    retain_weight: float = 1.0
+    """γ, the weight of the retain NLL (0 drops the retain term)."""
+
+
+@dataclass
+class GAConfig(TrainerConfig):
     """Gradient ascent settings (the shared trainer; no retain term)."""
 
-    lr: float = 1e-5
-    """AdamW peak learning rate (linear warmup over the first 10% of steps, then linear decay)."""
-    epochs: int = 5
-    """Passes over the forget set."""
-    batch_size: int = 8
-    """Forget rows per optimizer step."""
-    weight_decay: float = 0.0
-    """AdamW (decoupled) weight decay."""
-    max_steps: int | None = None
-    """Stop after this many optimizer steps (None: epochs x ceil(U / batch_size))."""
-    seed: int = 0
-    """Seeds the batch order and the retain pairing."""
-
-    def validate(self) -> None:
-        _check_training(self)
-
 
 @dataclass
-class GradDiffConfig:
+class GradDiffConfig(RetainTermConfig):
     """Gradient difference settings."""
 
-    lr: float = 1e-5
-    """AdamW peak learning rate (linear warmup over the first 10% of steps, then linear decay)."""
-    epochs: int = 5
-    """Passes over the forget set."""
-    batch_size: int = 8
-    """Forget rows per optimizer step (and retain rows paired with them)."""
-    weight_decay: float = 0.0
-    """AdamW (decoupled) weight decay."""
-    max_steps: int | None = None
-    """Stop after this many optimizer steps (None: epochs x ceil(U / batch_size))."""
-    retain_weight: float = 1.0
-    """γ, the weight of the retain NLL (0 = plain gradient ascent)."""
-    seed: int = 0
-    """Seeds the batch order and the retain pairing."""
-
-    def validate(self) -> None:
-        _check_training(self)
-
 
 @dataclass
-class KLConfig:
+class KLConfig(RetainTermConfig):
     """KL unlearning settings."""
 
-    lr: float = 1e-5
-    """AdamW peak learning rate (linear warmup over the first 10% of steps, then linear decay)."""
-    epochs: int = 5
-    """Passes over the forget set."""
-    batch_size: int = 8
-    """Forget rows per optimizer step (and retain rows paired with them)."""
-    weight_decay: float = 0.0
-    """AdamW (decoupled) weight decay."""
-    max_steps: int | None = None
-    """Stop after this many optimizer steps (None: epochs x ceil(U / batch_size))."""
     forget_weight: float = 1.0
     """γ_f, the weight of the divergence from the reference model on the forget batch."""
-    retain_weight: float = 1.0
-    """Weight of the retain NLL (0 drops it; needs divergence=cross_entropy then)."""
     divergence: str = "kl"
     """``kl`` (true KL(p_θ ‖ p_ref)) or ``cross_entropy`` (RESTOR's code: H(p_θ, p_ref))."""
-    seed: int = 0
-    """Seeds the batch order and the retain pairing."""
 
     def validate(self) -> None:
-        _check_training(self)
+        super().validate()
         if not (math.isfinite(self.forget_weight) and self.forget_weight > 0):
             raise ValueError(f"forget_weight must be positive, got {self.forget_weight}")
         if self.divergence not in DIVERGENCES:
@@ -227,84 +208,44 @@ class KLConfig:
 
 
 @dataclass
-class NPOConfig:
+class NPOConfig(RetainTermConfig):
     """NPO settings."""
 
-    lr: float = 1e-5
-    """AdamW peak learning rate (linear warmup over the first 10% of steps, then linear decay)."""
-    epochs: int = 5
-    """Passes over the forget set."""
-    batch_size: int = 8
-    """Forget rows per optimizer step (and retain rows paired with them)."""
-    weight_decay: float = 0.0
-    """AdamW (decoupled) weight decay."""
-    max_steps: int | None = None
-    """Stop after this many optimizer steps (None: epochs x ceil(U / batch_size))."""
     beta: float = 0.1
     """β, the inverse temperature (the paper's and RESTOR's 0.1)."""
     ratio: str = "sequence"
     """Δ per ``sequence`` (paper: summed log-probs), ``token_mean`` or ``batch_mean`` (RESTOR)."""
-    retain_weight: float = 1.0
-    """γ, the weight of the retain NLL (0 = NPO alone)."""
-    seed: int = 0
-    """Seeds the batch order and the retain pairing."""
 
     def validate(self) -> None:
-        _check_training(self)
+        super().validate()
         if self.ratio not in NPO_RATIOS:
             raise suggest(self.ratio, NPO_RATIOS, "NPO ratio")
 
 
 @dataclass
-class SimNPOConfig:
+class SimNPOConfig(RetainTermConfig):
     """SimNPO settings."""
 
-    lr: float = 1e-5
-    """AdamW peak learning rate (linear warmup over the first 10% of steps, then linear decay)."""
-    epochs: int = 5
-    """Passes over the forget set."""
-    batch_size: int = 8
-    """Forget rows per optimizer step (and retain rows paired with them)."""
-    weight_decay: float = 0.0
-    """AdamW (decoupled) weight decay."""
-    max_steps: int | None = None
-    """Stop after this many optimizer steps (None: epochs x ceil(U / batch_size))."""
     beta: float = 2.5
     """β, the inverse temperature (the paper's 2.5)."""
     margin: float = 0.0
     """δ, the reward margin (the paper's γ; 0 by default)."""
-    retain_weight: float = 1.0
-    """γ, the weight of the retain NLL (0 = SimNPO alone)."""
-    seed: int = 0
-    """Seeds the batch order and the retain pairing."""
 
     def validate(self) -> None:
-        _check_training(self)
+        super().validate()
         if not math.isfinite(self.margin):
             raise ValueError(f"margin must be a finite number, got {self.margin}")
 
 
 @dataclass
-class TaskVectorConfig:
-    """Task-vector settings (fine-tune on the forget set, then subtract)."""
+class TaskVectorConfig(TrainerConfig):
+    """Task-vector settings: fine-tune on the forget set with the trainer, then subtract."""
 
-    lr: float = 1e-5
-    """AdamW peak learning rate of the forget-set fine-tune (warmup 10%, then linear decay)."""
-    epochs: int = 5
-    """Passes over the forget set while fine-tuning."""
-    batch_size: int = 8
-    """Forget rows per fine-tuning step."""
-    weight_decay: float = 0.0
-    """AdamW (decoupled) weight decay."""
-    max_steps: int | None = None
-    """Stop fine-tuning after this many steps (None: epochs x ceil(U / batch_size))."""
     alpha: float = 1.0
     """α in θ_c − α·(θ* − θ_c) (0 returns the input; −1 returns the fine-tuned θ*)."""
-    seed: int = 0
-    """Seeds the batch order."""
 
     def validate(self) -> None:
-        _check_training(self)
+        super().validate()
         if not math.isfinite(self.alpha):
             raise ValueError(f"alpha must be a finite number, got {self.alpha}")
 
