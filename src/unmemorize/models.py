@@ -121,6 +121,24 @@ def build_model(
     return model
 
 
+def build_model_for(
+    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int = 0
+) -> PreTrainedModel:
+    """:func:`build_model` with the vocabulary and special ids of ``tokenizer``.
+
+    A tokenizer without a bos token (e.g. the RESTOR word-level one) uses its eos id as bos.
+    """
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return build_model(
+        cfg,
+        vocab_size=len(tokenizer),
+        bos_id=bos,
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+        seed=seed,
+    )
+
+
 def check_model_dir(path: str | Path) -> Path:
     """Check that ``path`` is a local HF causal-LM directory with safetensors weights."""
     path = Path(path)

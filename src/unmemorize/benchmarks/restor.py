@@ -54,7 +54,7 @@ from ..metrics.knowledge import (
     qa_accuracy,
     recovery,
 )
-from ..models import build_model, save_model
+from ..models import build_model_for, save_model
 from ..train import train_on_batches
 from .restor_config import (
     PRESETS,
@@ -311,17 +311,6 @@ def best_per_method(rows: Sequence[dict]) -> dict[str, dict]:
 # --------------------------------------------------------------------------- the whole run
 
 
-def _model_for(cfg: RestorConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    return build_model(
-        cfg.model,
-        vocab_size=len(tokenizer),
-        bos_id=tokenizer.eos_token_id,
-        eos_id=tokenizer.eos_token_id,
-        pad_id=tokenizer.pad_token_id,
-        seed=cfg.clean.seed,
-    )
-
-
 def _resolve_grid(
     methods: Sequence[str] | None, grid: dict[str, list[list[str]]] | None
 ) -> dict[str, list[list[str]]]:
@@ -368,7 +357,7 @@ def run_restor(
     task = synthetic_task(world, cfg)
 
     start = time.perf_counter()
-    clean = _model_for(cfg, tokenizer)
+    clean = build_model_for(cfg.model, tokenizer, seed=cfg.clean.seed)
     losses = train_on_batches(
         clean,
         clean_batches(world, tokenizer, cfg.clean, cfg.model.context_length),

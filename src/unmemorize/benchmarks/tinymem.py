@@ -41,7 +41,7 @@ from ..io import atomic_dir, atomic_write_json, prepare_output_dir
 from ..metrics.memorization import MemorizationReport, measure_memorization
 from ..metrics.selection import best_per, rank, selection_score
 from ..metrics.utility import evaluate_utility
-from ..models import ModelConfig, build_model, count_parameters, load_model
+from ..models import ModelConfig, build_model_for, count_parameters, load_model
 from ..registry import Registry, suggest
 from ..train import TrainConfig, evaluate, latest_checkpoint, train
 
@@ -169,14 +169,7 @@ def build_data(exp: ExperimentConfig) -> tuple[TinyMemData, PreTrainedTokenizerB
 
 
 def new_model(exp: ExperimentConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    return build_model(
-        exp.model,
-        vocab_size=len(tokenizer),
-        bos_id=tokenizer.bos_token_id,
-        eos_id=tokenizer.eos_token_id,
-        pad_id=tokenizer.pad_token_id,
-        seed=exp.train.seed,
-    )
+    return build_model_for(exp.model, tokenizer, seed=exp.train.seed)
 
 
 def environment() -> dict:
