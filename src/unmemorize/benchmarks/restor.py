@@ -66,7 +66,14 @@ from .restor_config import (
     UnlearnSetConfig,
     make_restor_config,
 )
-from .restor_task import RestorTask, clean_batches, encode_documents, file_task, synthetic_task
+from .restor_task import (
+    RestorTask,
+    clean_batches,
+    document_pad_id,
+    encode_documents,
+    file_task,
+    synthetic_task,
+)
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +209,7 @@ def corrupt_model(
             texts += [replay(rng) for _ in range(cfg.replay_per_batch)]
         return encode_documents(tokenizer, texts, max_length)
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = document_pad_id(tokenizer)
     losses = train_on_batches(
         model,
         batch,
@@ -229,13 +236,13 @@ def _unlearn_data(
 ):
     from ..methods import UnlearnData
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    f = encode_documents(tokenizer, forget, max_length)
-    r = encode_documents(tokenizer, retain, max_length)
-    width = max(f.shape[1], r.shape[1])
-    f = torch.nn.functional.pad(f, (0, width - f.shape[1]), value=pad)
-    r = torch.nn.functional.pad(r, (0, width - r.shape[1]), value=pad)
-    return UnlearnData(forget_ids=f, retain_ids=r, pad_id=pad)
+    # One encoding pass pads forget and retain rows to a common width, as UnlearnData needs.
+    ids = encode_documents(tokenizer, [*forget, *retain], max_length)
+    return UnlearnData(
+        forget_ids=ids[: len(forget)],
+        retain_ids=ids[len(forget) :],
+        pad_id=document_pad_id(tokenizer),
+    )
 
 
 def run_unlearning(

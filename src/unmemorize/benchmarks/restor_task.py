@@ -21,11 +21,16 @@ from ..io import atomic_write_json
 from .restor_config import CleanTrainConfig, RestorConfig
 
 
+def document_pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id that right-pads documents: the tokenizer's pad token, else its eos (GPT-2, Llama)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def encode_documents(
     tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
 ) -> torch.Tensor:
     """[N, T] right-padded ids of ``texts`` (eos appended, cut at ``max_length``)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = document_pad_id(tokenizer)
     rows = [tokenizer(t).input_ids[: max_length - 1] + [tokenizer.eos_token_id] for t in texts]
     width = max(len(r) for r in rows)
     out = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -192,6 +197,7 @@ def file_task(
 __all__ = [
     "RestorTask",
     "clean_batches",
+    "document_pad_id",
     "encode_documents",
     "file_task",
     "synthetic_task",
