@@ -219,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list methods, presets, tasks, regularizers or config keys")
     ls.add_argument("what", choices=["methods", "presets", "tasks", "regularizers", "keys"])
     ls.add_argument("--task", default="increment", help="task whose config keys to list")
+
+    from .commands import register_all
+
+    register_all(sub)
     return parser
 
 
@@ -265,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _quiet_transformers()
     try:
-        handler = {
+        handler = getattr(args, "handler", None) or {
             "demo": cmd_demo,
             "train": cmd_train,
             "measure": cmd_measure,
