@@ -6,7 +6,13 @@ import math
 
 import pytest
 
-from unmemorize.metrics.selection import NO_CHANGE_PENALTY, best_per, rank, selection_score
+from unmemorize.metrics.selection import (
+    NO_CHANGE_PENALTY,
+    best_per,
+    pareto_front,
+    rank,
+    selection_score,
+)
 
 
 def test_accuracy_form_matches_the_papers_stored_row() -> None:
@@ -59,3 +65,39 @@ def test_rank_and_best_per_method() -> None:
     best = best_per(rows)
     assert [(r["method"], r["score"]) for r in best][:2] == [("a", -0.5), ("c", -0.2)]
     assert best[-1]["method"] == "b"
+
+
+def _row(name: str, mem: float, acc: float, **extra) -> dict:
+    return {"name": name, "memorized_fraction": mem, "accuracy": acc, **extra}
+
+
+def test_pareto_front_keeps_only_undominated_rows() -> None:
+    rows = [
+        _row("a", 0.0, 0.80),  # lowest memorization
+        _row("b", 0.1, 0.90),  # better accuracy at higher memorization
+        _row("c", 0.1, 0.85),  # dominated by b (same x, worse y)
+        _row("d", 0.2, 0.88),  # dominated by b (worse on both)
+        _row("e", 0.5, 0.95),  # best accuracy
+        _row("f", 0.0, 0.70),  # dominated by a
+        _row("g", 0.1, 0.90),  # exact duplicate of b: kept
+    ]
+    front = pareto_front(rows, "memorized_fraction", "accuracy", y_higher_is_better=True)
+    assert [r["name"] for r in front] == ["a", "b", "g", "e"]
+    assert front[0] is rows[0]  # the same objects, not copies
+
+
+def test_pareto_front_lower_is_better_and_failed_rows() -> None:
+    rows = [
+        {"name": "a", "memorized_fraction": 0.0, "perplexity": 3.0},
+        {"name": "b", "memorized_fraction": 0.2, "perplexity": 2.0},
+        {"name": "c", "memorized_fraction": 0.3, "perplexity": 2.5},  # dominated by b
+        {"name": "d", "memorized_fraction": 0.0, "perplexity": math.nan},  # failed metric
+        {"name": "e", "method": "x", "error": "diverged", "score": math.nan},  # no metrics
+        {"name": "f", "memorized_fraction": 0.0, "perplexity": 1.0, "error": "diverged"},
+    ]
+    front = pareto_front(rows, "memorized_fraction", "perplexity", y_higher_is_better=False)
+    assert [r["name"] for r in front] == ["a", "b"]
+    # read as "higher is better", a (lowest x, highest y) dominates every other row
+    flipped = pareto_front(rows, "memorized_fraction", "perplexity", y_higher_is_better=True)
+    assert [r["name"] for r in flipped] == ["a"]
+    assert pareto_front([], "memorized_fraction", "accuracy") == []

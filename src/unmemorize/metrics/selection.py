@@ -84,4 +84,51 @@ def best_per(rows: Iterable[Mapping], group: str = "method", key: str = "score")
     return list(best.values())
 
 
-__all__ = ["NO_CHANGE_PENALTY", "best_per", "rank", "selection_score"]
+def pareto_front(
+    rows: Iterable[Mapping],
+    x_key: str = "memorized_fraction",
+    y_key: str = "accuracy",
+    y_higher_is_better: bool = True,
+) -> list[Mapping]:
+    """The rows no other row beats on both axes: lower ``x_key`` and better ``y_key``.
+
+    ``x`` is what unlearning drives down (memorization); ``y`` is the utility it must keep
+    (accuracy: higher is better; perplexity: lower is better). A row is on the front unless some
+    other row is at least as good on both axes and strictly better on one, so exact duplicates of
+    a front point are all kept. Rows with an ``"error"``, a missing value or a non-finite value
+    (failed runs) are never on the front.
+
+    Args:
+        rows: run rows (dicts), e.g. a demo's or a sweep's ``runs``.
+        x_key: the key to minimize.
+        y_key: the key to maximize (``y_higher_is_better``) or minimize.
+        y_higher_is_better: the direction of ``y_key``.
+
+    Returns:
+        The front's rows (the same objects), by increasing ``x`` (ties: best ``y`` first).
+    """
+    sign = 1.0 if y_higher_is_better else -1.0
+    points = []
+    for row in rows:
+        if "error" in row:
+            continue
+        x, y = row.get(x_key), row.get(y_key)
+        if not isinstance(x, (int, float)) or not isinstance(y, (int, float)):
+            continue
+        if not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        points.append((float(x), sign * float(y), row))
+    # best x first, then best y: every row that could dominate a row comes before it
+    points.sort(key=lambda p: (p[0], -p[1]))
+    front: list[Mapping] = []
+    best_y, best_x = -math.inf, math.inf  # best y so far and the smallest x that reached it
+    for x, y, row in points:
+        if y > best_y:
+            best_y, best_x = y, x
+            front.append(row)
+        elif y == best_y and x == best_x:  # an exact duplicate of a front point
+            front.append(row)
+    return front
+
+
+__all__ = ["NO_CHANGE_PENALTY", "best_per", "pareto_front", "rank", "selection_score"]
