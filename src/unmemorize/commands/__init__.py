@@ -13,7 +13,7 @@ import argparse
 import importlib
 
 #: Command modules, in the order their commands appear in ``unmemorize --help``.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("sweep", "mine", "report")
 
 
 def register_all(sub: argparse._SubParsersAction) -> None:

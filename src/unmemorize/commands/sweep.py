@@ -1,0 +1,150 @@
+"""``unmemorize sweep``: hyperparameter sweeps of mitigation methods, resumable, local or Ray."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+EPILOG = """\
+search spaces:
+  --space cpu-mini   2-6 points per method that suit the cpu-mini model (default)
+  --space paper      the TinyMem paper's grid (ratios 1e-5..5%, epochs, IG steps, loss weights)
+  --space FILE.json  your own: {"ga": {"lr": [1e-5, 5e-5]},
+                                "balanced_subnet": {"ratio": {"low": 0.001, "high": 0.1, "log": true}}}
+                     (lists: grid or TPE choices; ranges: --search tpe only)
+
+examples:
+  unmemorize sweep --methods balanced_subnet,durable,zero_out --out sweeps/s1
+  unmemorize sweep --model runs/mult --methods subnet --space paper --workers 2 --out sweeps/s2
+  unmemorize sweep --methods ga,npo --search tpe --trials 20 --out sweeps/tpe
+  unmemorize sweep --methods balanced_subnet --backend ray --ray-address auto --out /shared/s3
+  unmemorize sweep --storage postgresql://me@db/sweeps --methods durable --out sweeps/s4
+  unmemorize sweep --resume sweeps/s1          continue after an interruption (even kill -9)
+  unmemorize report sweeps/s1                  HTML/Markdown report with Pareto plots
+
+Each trial applies one method configuration to the base model and measures % memorized, clean
+accuracy and perplexity; the best run per method is chosen by the TinyMem paper's score (lower is
+better, -1 is perfect). Results go to a database (DIR/sweep.db unless --storage), one row per
+trial; running the same command again skips finished trials and retries failed ones.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="sweep methods' hyperparameters (grid or TPE), locally or on Ray, resumably",
+        description="Run every configuration of a search space per method on one base model "
+        "(a cpu-mini TinyMem model the sweep trains, or --model), record each trial in a "
+        "results database, and print the best run per method.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", help="sweep directory (required unless --resume)")
+    p.add_argument("--resume", metavar="DIR", help="continue the sweep in DIR")
+    p.add_argument("--benchmark", default="tinymem", help="benchmark of the base model")
+    p.add_argument("--preset", default="cpu-mini", help="preset of the base model (cpu-mini)")
+    p.add_argument("--task", default="increment", help="TinyMem task of the base model")
+    p.add_argument("--variant", default="noise", choices=["noise", "backdoor"])
+    p.add_argument("--model", help="sweep on this TinyMem run directory instead of training one")
+    p.add_argument("--methods", help="comma-separated methods (default: all in the space)")
+    p.add_argument("--space", default="cpu-mini", help="cpu-mini, paper or a JSON file")
+    p.add_argument("--search", default="grid", choices=["grid", "tpe"])
+    p.add_argument(
+        "--trials",
+        type=int,
+        help="per method: TPE trials (default 10), or a random sample of grid points",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of TPE and grid sampling")
+    p.add_argument("--backend", default="local", choices=["local", "ray"])
+    p.add_argument("--workers", type=int, help="trials at once (default: cores, or Ray CPUs)")
+    p.add_argument("--storage", help="SQLAlchemy URL of the results store (default DIR/sweep.db)")
+    p.add_argument(
+        "--ray-address",
+        help="Ray cluster: auto, host:port or ray://host:port "
+        "(default: start a local Ray instance)",
+    )
+    p.add_argument("--cpus-per-trial", type=float, default=1, help="Ray: CPUs per trial")
+    p.add_argument("--gpus-per-trial", type=float, default=0, help="Ray: GPUs per trial")
+    p.add_argument("--overwrite", action="store_true", help="discard a different sweep in --out")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="overrides of the base model's experiment, e.g. train.epochs=40",
+    )
+    p.set_defaults(handler=cmd_sweep)
+
+
+def _read_space(text: str):
+    from ..sweep import SEARCH_SPACES
+
+    if text in SEARCH_SPACES or not text.endswith(".json"):
+        return text
+    path = Path(text)
+    if not path.is_file():
+        raise FileNotFoundError(f"--space {text}: no such file (or use cpu-mini / paper)")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"--space {text} is not valid JSON: {err}") from None
+
+
+def cmd_sweep(args) -> int:
+    from ..cli import UserError, format_method_table
+    from ..sweep import load_spec, make_spec, run_sweep
+
+    if args.resume and args.out and Path(args.out) != Path(args.resume):
+        raise UserError("give either --resume DIR or --out DIR, not both")
+    if args.resume:
+        out = Path(args.resume)
+        spec, _storage = load_spec(out)
+        print(f"unmemorize sweep: resuming {out} ({', '.join(spec.methods)})")
+    else:
+        if not args.out:
+            raise UserError("--out DIR is required (or --resume DIR to continue a sweep)")
+        out = Path(args.out)
+        methods = None
+        if args.methods:
+            methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        spec = make_spec(
+            methods,
+            space=_read_space(args.space),
+            search=args.search,
+            trials=args.trials,
+            benchmark=args.benchmark,
+            preset=args.preset,
+            task=args.task,
+            variant=args.variant,
+            overrides=args.overrides,
+            model=args.model,
+            seed=args.seed,
+        )
+        print(f"unmemorize sweep: {', '.join(spec.methods)} ({spec.search}) into {out}/")
+    summary = run_sweep(
+        spec,
+        out,
+        storage=args.storage,
+        backend=args.backend,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    counts = summary["counts"]
+    print()
+    print(
+        f"trials: {counts['complete']} complete, {counts['failed']} failed"
+        + (f", {counts['pending']} pending" if counts["pending"] else "")
+    )
+    if summary["methods"]:
+        print(format_method_table(summary["methods"].values(), summary["baseline"]))
+        print("score: the TinyMem paper's selection rule (lower is better, -1 is perfect)")
+    for row in summary["runs"]:
+        if row.get("status") == "failed":
+            print(f"failed: {row['trial']} {row['params']}: {row['error']}")
+    print(f"summary: {out / 'summary.json'}   report: unmemorize report {out}")
+    return 0
