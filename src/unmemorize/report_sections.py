@@ -1,0 +1,503 @@
+"""Report sections: turn one run directory's records into facts, tables and figures.
+
+One builder per kind of directory (TinyMem demo or sweep, RESTOR, train run, unlearn run). The
+builders only read the dicts they are given; :mod:`unmemorize.report` finds the files and writes
+the HTML and Markdown, :mod:`unmemorize.report_plots` draws the figures.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import report_plots as plots
+from .metrics.selection import pareto_front
+
+KIND_LABELS = {
+    "demo": "TinyMem demo",
+    "sweep": "TinyMem sweep",
+    "restor": "RESTOR benchmark",
+    "train": "training run",
+    "unlearn": "unlearning run",
+}
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One PNG figure of a section; ``id`` (``fig-<key>-<section>``) is stable across runs."""
+
+    key: str
+    section: int
+    title: str
+    caption: str
+    alt: str
+    png: bytes = field(repr=False)
+
+    @property
+    def id(self) -> str:
+        return f"fig-{self.key}-{self.section}"
+
+    @property
+    def filename(self) -> str:
+        return f"{self.key}-{self.section}.png"
+
+
+@dataclass
+class Table:
+    """A table of preformatted cells.
+
+    Attributes:
+        text_columns: indices of left-aligned (text) columns; the others are numbers.
+        highlight: index of the row to emphasize (the best run), or None.
+        reference_rows: rows that are references (the model before unlearning), not runs.
+        main: the section's headline table (printed by the CLI).
+        collapsed: shown folded in the HTML (long listings such as every run).
+    """
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    text_columns: frozenset[int] = frozenset({0})
+    highlight: int | None = None
+    reference_rows: frozenset[int] = frozenset()
+    note: str = ""
+    main: bool = False
+    collapsed: bool = False
+
+    def is_text(self, column: int) -> bool:
+        return column in self.text_columns
+
+
+@dataclass
+class Section:
+    """The part of the report for one input directory."""
+
+    index: int
+    title: str
+    kind: str
+    facts: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+
+    @property
+    def anchor(self) -> str:
+        return f"section-{self.index}"
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def pct(x: Any) -> str:
+    return f"{100 * x:.1f}" if finite(x) else "–"
+
+
+def num(x: Any, digits: int = 3) -> str:
+    return f"{x:.{digits}f}" if finite(x) else "–"
+
+
+def signed(x: Any, digits: int = 3) -> str:
+    return f"{x:+.{digits}f}" if finite(x) else "–"
+
+
+def secs(x: Any) -> str:
+    if not finite(x):
+        return "–"
+    return f"{x:.2f}" if x < 10 else f"{x:.0f}"
+
+
+def _value(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def kv(mapping: Mapping[str, Any] | None) -> str:
+    """``{"lr": 1e-4, "epochs": 2}`` as ``lr=0.0001 epochs=2``."""
+    return " ".join(f"{k}={_value(v)}" for k, v in (mapping or {}).items())
+
+
+def format_text_table(table: Table) -> str:
+    """A table as fixed-width text; the highlighted row is marked with ``*``."""
+    rows = [table.columns, *table.rows]
+    widths = [max(len(r[j]) for r in rows) for j in range(len(table.columns))]
+    last = len(widths) - 1
+
+    def line(cells: Sequence[str], mark: str) -> str:
+        out = []
+        for j, (c, w) in enumerate(zip(cells, widths, strict=True)):
+            if not table.is_text(j):
+                out.append(c.rjust(w))
+            else:  # a trailing text column (configs) is not padded: no trailing spaces
+                out.append(c if j == last else c.ljust(w))
+        return (mark + "  ".join(out)).rstrip()
+
+    lines = [line(table.columns, "  "), "  " + "-" * (sum(widths) + 2 * last)]
+    lines += [line(r, "* " if i == table.highlight else "  ") for i, r in enumerate(table.rows)]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- TinyMem
+
+
+def _complete(row: Mapping) -> bool:
+    return (
+        "error" not in row
+        and row.get("status", "complete") == "complete"
+        and finite(row.get("memorized_fraction"))
+    )
+
+
+def _run_config(row: Mapping, sweep: bool) -> str:
+    if "error" in row:
+        return f"failed: {row['error']}"
+    if sweep and "params" in row:
+        return kv(row["params"]) or "defaults"
+    return " ".join(row.get("overrides") or []) or "defaults"
+
+
+def _front_ids(rows: list[Mapping], utility: str, higher: bool) -> set[int]:
+    """ids of the rows on their method's Pareto front (the sweep's own flags when present)."""
+    if rows and all("pareto" in r for r in rows):
+        return {id(r) for r in rows if r["pareto"]}
+    front: set[int] = set()
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        front |= {id(r) for r in pareto_front(mine, "memorized_fraction", utility, higher)}
+    return front
+
+
+def tinymem_section(
+    index: int, title: str, kind: str, record: Mapping, history: list[dict] | None
+) -> Section:
+    """A demo or sweep summary: best run per method, every run, Pareto plot, training, timing."""
+    sweep = kind == "sweep"
+    exp = record.get("experiment") or {}
+    text = exp.get("task") == "text"
+    utility, higher = ("perplexity", False) if text else ("accuracy", True)
+    # a sweep summary written before its baseline was measured has "baseline": null
+    base = record.get("baseline") or {}
+    runs = list(record.get("runs") or [])
+    ok = [r for r in runs if _complete(r)]
+    section = Section(index, title, kind)
+    run_word = "trial" if sweep else "run"
+    methods = list(dict.fromkeys([*record.get("methods", {}), *(r["method"] for r in runs)]))
+
+    # ---- facts
+    what = "/".join(str(exp[k]) for k in ("preset", "task") if k in exp)
+    variant = (exp.get("data") or {}).get("variant")
+    section.facts.append(("experiment", f"{what} ({variant})" if variant else what or "–"))
+    if record.get("model_dir"):
+        section.facts.append(("model", str(record["model_dir"])))
+    if finite(base.get("memorized_fraction")):
+        section.facts.append(
+            (
+                "before unlearning",
+                f"{pct(base['memorized_fraction'])}% memorized ({base.get('n_memorized', '?')} of "
+                f"{base.get('n_candidates', '?')} candidates), accuracy "
+                f"{pct(base.get('accuracy'))}%, perplexity {num(base.get('perplexity'))}",
+            )
+        )
+    counted = f"{len(runs)} {run_word}s of {len(methods)} methods, {len(runs) - len(ok)} failed"
+    if sweep and isinstance(record.get("counts"), Mapping):
+        counted += " (" + ", ".join(f"{k} {v}" for k, v in record["counts"].items()) + ")"
+    section.facts.append((f"{run_word}s", counted))
+    timing = [
+        f"{label} {secs(record.get(k))} s"
+        for label, k in (("training", "train_seconds"), ("total", "seconds"))
+        if finite(record.get(k))
+    ]
+    if timing:
+        section.facts.append(("wall time", ", ".join(timing)))
+    env = record.get("environment") or {}
+    if env:
+        section.facts.append(
+            (
+                "environment",
+                f"torch {env.get('torch', '?')}, {env.get('cpu_count', '?')} CPUs, "
+                f"git {str(env.get('git_sha') or '?')[:10]}",
+            )
+        )
+    if record.get("methods_skipped"):
+        section.notes.append(f"No unlearning: {record['methods_skipped']}")
+
+    # ---- best run per method
+    u_col = "perplexity" if text else "accuracy (%)"
+
+    def u_cell(row: Mapping) -> str:
+        return num(row.get("perplexity")) if text else pct(row.get("accuracy"))
+
+    columns = ["method", "memorized (%)", "still memorized (#)", u_col, "seconds", "score"]
+    columns += ["trial", "params"] if sweep else ["config"]
+    rows = [
+        ["(before unlearning)", pct(base.get("memorized_fraction")),
+         str(base.get("n_memorized", "–")), u_cell(base), "", ""] + ([""] * (2 if sweep else 1))
+    ]  # fmt: skip
+    best_rows = list((record.get("methods") or {}).values())
+    for r in best_rows:
+        row = [r["method"], pct(r.get("memorized_fraction")), str(r.get("n_still_memorized", "–")),
+               u_cell(r), secs(r.get("seconds")), signed(r.get("score"))]  # fmt: skip
+        row += [str(r.get("trial", "")), _run_config(r, True)] if sweep else [_run_config(r, False)]
+        rows.append(row)
+    highlight = 1 if best_rows and finite(best_rows[0].get("score")) else None
+    section.tables.append(
+        Table(
+            f"Best {run_word} per method",
+            columns,
+            rows,
+            text_columns=frozenset(
+                {0, len(columns) - 1} | ({len(columns) - 2} if sweep else set())
+            ),
+            highlight=highlight,
+            reference_rows=frozenset({0}),
+            main=True,
+            note="memorized: share of the memorization candidates (noised training sequences) "
+            "reproduced verbatim; still memorized: how many of the sequences memorized before "
+            f"unlearning remain; score: the TinyMem paper's selection rule (relative change in "
+            f"memorized share plus relative loss of {'perplexity' if text else 'accuracy'}; "
+            "lower is better, -1 is perfect). Highlighted: the lowest score.",
+        )
+    )
+
+    # ---- every run
+    front = _front_ids(ok, utility, higher)
+    if runs:
+        order = sorted(runs, key=lambda r: (not finite(r.get("score")), r.get("score") or 0.0))
+        columns = ["method", "memorized (%)", "still memorized (#)", "accuracy (%)", "perplexity",
+                   "seconds", "score", "Pareto", "params" if sweep else "config"]  # fmt: skip
+        if sweep:
+            columns.insert(1, "trial")
+        all_rows = []
+        for r in order:
+            row = [r["method"], pct(r.get("memorized_fraction")), str(r.get("n_still_memorized", "–")),
+                   pct(r.get("accuracy")), num(r.get("perplexity")), secs(r.get("seconds")),
+                   signed(r.get("score")), "yes" if id(r) in front else "",
+                   _run_config(r, sweep)]  # fmt: skip
+            if sweep:
+                row.insert(1, str(r.get("trial", "")))
+            all_rows.append(row)
+        section.tables.append(
+            Table(
+                f"Every {run_word}, best score first",
+                columns,
+                all_rows,
+                text_columns=frozenset({0, len(columns) - 1} | ({1} if sweep else set())),
+                collapsed=True,
+            )
+        )
+
+    # ---- figures
+    u_label = "clean perplexity (lower is better)" if text else "clean accuracy (%)"
+    if ok:
+        scale = 1.0 if text else 100.0
+        series = {
+            m: [
+                (100 * r["memorized_fraction"], scale * r[utility], id(r) in front)
+                for r in ok
+                if r["method"] == m and finite(r.get(utility))
+            ]
+            for m in methods
+        }
+        series = {m: pts for m, pts in series.items() if pts}
+        base_pt = (
+            (100 * base["memorized_fraction"], scale * base[utility])
+            if finite(base.get(utility)) and finite(base.get("memorized_fraction"))
+            else None
+        )
+        where = "bottom-left" if text else "top-left"
+        section.figures.append(
+            Figure(
+                "pareto",
+                index,
+                f"Memorization vs {utility} of every {run_word}",
+                f"Each point is one configuration ({len(ok)} {run_word}s of {len(series)} methods"
+                + (f"; {len(runs) - len(ok)} failed, not shown" if len(ok) < len(runs) else "")
+                + "). Black-edged points are on their method's Pareto front: no other "
+                f"{run_word} of that method memorizes less and keeps a better {utility}. The star "
+                f"is the model before unlearning; the best trade-offs sit {where}.",
+                f"Scatter plot of memorized percentage against {u_label} for {len(ok)} "
+                f"{run_word}s of {len(series)} methods; before unlearning the model memorizes "
+                f"{pct(base.get('memorized_fraction'))}% of candidates.",
+                plots.pareto_png(
+                    series,
+                    base_pt,
+                    x_label="memorized (% of candidates)",
+                    y_label=u_label,
+                    title=f"Memorization vs {utility}, every {run_word}",
+                    y_higher_is_better=higher,
+                ),
+            )
+        )
+    if history:
+        section.figures.append(_training_figure(index, history, text))
+    timed = [r for r in best_rows if _complete(r) and finite(r.get("seconds"))]
+    if timed:
+        section.figures.append(seconds_figure(index, timed, run_word))
+    return section
+
+
+def _training_figure(index: int, history: Sequence[Mapping], text: bool) -> Figure:
+    points = [h for h in history if finite(h.get("epoch")) and finite(h.get("memorized_fraction"))]
+    if not points:
+        raise KeyError("history records need 'epoch' and 'memorized_fraction'")
+    utility = "perplexity" if text else "accuracy"
+    scale = 1.0 if text else 100.0
+    epochs = [h["epoch"] for h in points]
+    mem = [100 * h["memorized_fraction"] for h in points]
+    util = [scale * h[utility] if finite(h.get(utility)) else math.nan for h in points]
+    label = "test perplexity" if text else "test accuracy (%)"
+    return Figure(
+        "training",
+        index,
+        f"Memorization and {utility} during training",
+        f"Share of the memorization candidates the model reproduces verbatim (top) and its "
+        f"{label} (bottom) at each of the {len(points)} checkpoints.",
+        f"Two line charts over {len(points)} checkpoints up to epoch {epochs[-1]}: memorized "
+        f"share ends at {mem[-1]:.1f}% and {label} at {util[-1]:.3g}.",
+        plots.training_png(
+            epochs,
+            mem,
+            util,
+            utility_label=label,
+            title=f"Training: memorization and {utility} per epoch",
+        ),
+    )
+
+
+def seconds_figure(index: int, rows: Iterable[Mapping], run_word: str) -> Figure:
+    rows = list(rows)
+    names = [r["method"] for r in rows]
+    seconds = [float(r["seconds"]) for r in rows]
+    slowest = max(range(len(rows)), key=lambda i: seconds[i])
+    return Figure(
+        "seconds",
+        index,
+        "Wall time of each method",
+        f"Seconds taken by the best {run_word} of each method (the unlearning itself, without "
+        "evaluation), on the machine that ran it.",
+        f"Horizontal bar chart of wall time for {len(rows)} methods; the slowest is "
+        f"{names[slowest]} at {seconds[slowest]:.1f} seconds.",
+        plots.seconds_png(names, seconds, title=f"Wall time of the best {run_word} per method"),
+    )
+
+
+# --------------------------------------------------------------------------- single runs
+
+
+def train_section(index: int, title: str, record: Mapping, history: list[dict] | None) -> Section:
+    """A training run: final metrics, every checkpoint, the training curves."""
+    section = Section(index, title, "train")
+    cfg = record.get("config") or {}
+    text = cfg.get("task") == "text"
+    model = cfg.get("model") or {}
+    section.facts += [
+        (
+            "experiment",
+            f"{cfg.get('preset', '?')}/{cfg.get('task', '?')} "
+            f"({(cfg.get('data') or {}).get('variant', '?')})",
+        ),
+        (
+            "model",
+            f"{model.get('arch', '?')}, {model.get('n_layers', '?')} layers, d_model "
+            f"{model.get('d_model', '?')}, {record.get('n_parameters', '?')} parameters",
+        ),
+        ("wall time", f"{secs(record.get('seconds'))} s"),
+    ]
+    if record.get("resumed_from_epoch"):
+        section.facts.append(("resumed from epoch", str(record["resumed_from_epoch"])))
+    columns = ["epoch", "memorized (%)", "memorized (#)", "accuracy (%)", "perplexity",
+               "train loss", "seconds"]  # fmt: skip
+
+    def row(m: Mapping) -> list[str]:
+        return [str(m.get("epoch", "–")), pct(m.get("memorized_fraction")),
+                f"{m.get('n_memorized', '–')} of {m.get('n_candidates', '–')}",
+                pct(m.get("accuracy")), num(m.get("perplexity")), num(m.get("train_loss")),
+                secs(m.get("seconds"))]  # fmt: skip
+
+    section.tables.append(
+        Table(
+            "Final metrics", columns, [row(record["metrics"])], text_columns=frozenset(), main=True
+        )
+    )
+    if history:
+        section.tables.append(
+            Table(
+                "Every checkpoint", columns, [row(h) for h in history], frozenset(), collapsed=True
+            )
+        )
+        section.figures.append(_training_figure(index, history, text))
+    else:
+        section.notes.append("No history.json next to run.json: the training plot is skipped.")
+    return section
+
+
+def unlearn_section(index: int, title: str, record: Mapping) -> Section:
+    """An unlearning run: what was forgotten, and the metrics before and after."""
+    section = Section(index, title, "unlearn")
+    data = record.get("data") or {}
+    result = record.get("result") or {}
+    section.facts += [
+        ("method", f"{record['method']} ({record.get('family', '?')})"),
+        ("config", kv(record.get("config")) or "defaults"),
+        ("model", str(record.get("model", "–"))),
+        (
+            "forget set",
+            f"{data.get('n_forget', '?')} memorized sequences ({data.get('forget', '?')})",
+        ),
+        ("retain set", f"{data.get('n_retain', '?')} sequences ({data.get('retain') or 'none'})"),
+    ]
+    if finite(result.get("changed_fraction")):
+        section.facts.append(
+            (
+                "changed",
+                f"{100 * result['changed_fraction']:.2f}% of {result.get('changed_unit', '?')}",
+            )
+        )
+    section.facts.append(
+        ("wall time", f"{secs(record.get('seconds'))} s (method {secs(result.get('seconds'))} s)")
+    )
+    before, after = record["before"], record["after"]
+    keys = [("memorized (%)", "memorized_fraction", True), ("accuracy (%)", "accuracy", True),
+            ("perplexity", "perplexity", False)]  # fmt: skip
+    sets = sorted(k for k in before if k.startswith(("accuracy/", "perplexity/")) and k in after)
+    if len(sets) > 2:  # one test set repeats the mean; several are worth a row each
+        keys += [(f"{k} (%)" if k.startswith("acc") else k, k, k.startswith("acc")) for k in sets]
+    n_b, n_a = before.get("n_memorized"), after.get("n_memorized")
+    counted = isinstance(n_b, int) and isinstance(n_a, int)
+    rows = [["memorized (#)", str(n_b), str(n_a), f"{n_a - n_b:+d}" if counted else "–"]]
+    for label, key, is_pct in keys:
+        if key not in before or key not in after:
+            continue
+        b, a = before[key], after[key]
+        if is_pct:
+            rows.append([label, pct(b), pct(a), f"{100 * (a - b):+.1f} pts"])
+        else:
+            rows.append([label, num(b), num(a), signed(a - b)])
+    rows.append(["score", "", signed(record.get("score")), ""])
+    section.tables.append(
+        Table(
+            "Before and after unlearning",
+            ["metric", "before", "after", "change"],
+            rows,
+            main=True,
+            note="score: the TinyMem paper's selection rule (lower is better, -1 is perfect).",
+        )
+    )
+    return section
+
+
+__all__ = [
+    "KIND_LABELS",
+    "Figure",
+    "Section",
+    "Table",
+    "format_text_table",
+    "seconds_figure",
+    "tinymem_section",
+    "train_section",
+    "unlearn_section",
+]
