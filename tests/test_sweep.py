@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import sqlite3
@@ -40,8 +41,8 @@ KILL_SPACE = {
 }
 
 
-def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+def _cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**(os.environ if env is None else env), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
         [sys.executable, "-m", "unmemorize.cli", *args],
         capture_output=True,
@@ -292,7 +293,12 @@ def test_ray_backend_runs_the_sweep_on_a_local_ray_instance(tiny_run, tmp_path):
     pytest.importorskip("ray")
     ray_bin = Path(sys.executable).parent / "ray"
     port = _free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
+    # Token authentication, the setting a shared cluster should use; the token comes from the
+    # environment, so a ~/.ray/auth_token left by another Ray user on this machine plays no part.
+    env = {
+        **os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
+        "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+    }  # fmt: skip
     start = subprocess.run(
         [str(ray_bin), "start", "--head", f"--port={port}", "--num-cpus=2",
          "--include-dashboard=false", "--disable-usage-stats"],
@@ -303,11 +309,21 @@ def test_ray_backend_runs_the_sweep_on_a_local_ray_instance(tiny_run, tmp_path):
         space_file = tmp_path / "space.json"
         space_file.write_text(json.dumps(SMALL_SPACE))
         out = tmp_path / "ray-sweep"
-        result = _cli(
+        args = (
             "sweep", "--model", str(tiny_run.out), "--space", str(space_file),
             "--methods", ",".join(SMALL_SPACE), "--backend", "ray",
-            "--ray-address", f"127.0.0.1:{port}", "--no-progress", "--out", str(out),
+            "--ray-address", f"127.0.0.1:{port}", "--no-progress",
         )  # fmt: skip
+        # without the token: one line that says what to set, no traceback, no results
+        no_token = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+        denied = _cli(
+            *args, "--out", str(tmp_path / "denied"), env={**no_token, "HOME": str(tmp_path)}
+        )
+        assert denied.returncode == 2, denied.stderr[-3000:]
+        assert "RAY_AUTH_MODE=token" in denied.stderr and "Traceback" not in denied.stderr
+        assert not (tmp_path / "denied" / "summary.json").exists()
+
+        result = _cli(*args, "--out", str(out), env=env)
         assert result.returncode == 0, result.stderr[-3000:]
         summary = json.loads((out / "summary.json").read_text())
         assert summary["counts"]["complete"] == 6

@@ -233,6 +233,24 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+def _ray_connect_hint(address: str | None, err: BaseException) -> str:
+    """One line that says why ``ray.init`` failed and what to do about it."""
+    chain, cause = [], err
+    while cause is not None and len(chain) < 8:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    text = " ".join(f"{type(c).__name__}: {c}" for c in chain)
+    where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+    if "AuthenticationError" in text or "auth token" in text.lower():
+        return (
+            f"{where} uses token authentication and this process has no matching token: "
+            "set RAY_AUTH_MODE=token and give it the cluster's token (RAY_AUTH_TOKEN, "
+            "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
+        )
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"cannot start or join {where}: {first}; check `ray status` on the head node"
+
+
 class RayBackend:
     """One Ray task per trial, with a per-trial CPU/GPU request.
 
@@ -275,7 +293,10 @@ class RayBackend:
         else:
             init_kwargs["address"] = address
         if self._started:
-            ray.init(**init_kwargs)
+            try:
+                ray.init(**init_kwargs)
+            except (ConnectionError, RuntimeError) as err:
+                raise ValueError(_ray_connect_hint(address, err)) from None
         log.info("ray ready in %.1fs: %s", time.perf_counter() - t0, ray.cluster_resources())
         cluster_cpus = float(ray.cluster_resources().get("CPU", 1))
         self.slots = workers or max(1, int(cluster_cpus // cpus_per_trial))
