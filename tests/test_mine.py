@@ -409,7 +409,7 @@ BAD_OPTIONS = {
     "check-every": (["--check-every", "0"], "--check-every must be a positive integer"),
     "ngram": (["--ngram", 17], "--ngram must lie in 1..16"),
     "cuda": (["--device", "cuda"], "CUDA is not available"),
-    "device": (["--device", "tpu"], "use cpu or cuda"),
+    "device": (["--device", "tpu"], "use cpu, cuda or cuda:N"),
 }
 
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .runtime import add_runtime_args, check_window, resolve_device, resolve_dtype
 
 EXAMPLES = """\
 examples:
@@ -48,6 +49,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         ModelDirError,
         TrainingDivergedError,
         MethodDivergedError,
+        MemoryError,  # runtime.check_memory_fits: says what the model needs and what to try
     )
 
 
@@ -115,7 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--suffix-len", type=int, help="K: tokens that must match (default: the run's, or 32)"
     )
     me.add_argument("--json", help="write the report (with per-sequence verdicts) to this file")
-    me.add_argument("--batch-size", type=int, default=512, help="sequences per forward pass")
+    me.add_argument(
+        "--batch-size",
+        type=int,
+        default=512,
+        help="sequences per forward pass (halved automatically on out-of-memory)",
+    )
+    add_runtime_args(me)
     me.add_argument(
         "--generate",
         action="store_true",
@@ -150,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     un.add_argument("--prefix-len", type=int, help="P for --forget files (default 32)")
     un.add_argument("--suffix-len", type=int, help="K for --forget files (default 32)")
     un.add_argument("--batch-size", type=int, default=512, help="sequences per metric pass")
+    add_runtime_args(un)
     un.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     un.add_argument("--no-progress", action="store_true", help="hide progress bars")
     un.add_argument(
@@ -210,10 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--retain",
         help="with --model: retain documents (default: QA lines about non-target people)",
     )
-    rs.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="with --model")
-    rs.add_argument(
-        "--device", default="cpu", help="with --model: cpu or cuda (default: %(default)s)"
-    )
+    add_runtime_args(rs, what="--model")
     _add_run_options(rs)
 
     ls = sub.add_parser("ls", help="list methods, presets, tasks, regularizers or config keys")
@@ -269,15 +275,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _quiet_transformers()
     try:
-        handler = getattr(args, "handler", None) or {
-            "demo": cmd_demo,
-            "train": cmd_train,
-            "measure": cmd_measure,
-            "unlearn": cmd_unlearn,
-            "restor": cmd_restor,
-            "restor-stats": cmd_restor_stats,
-            "ls": cmd_ls,
-        }[args.command]
+        handler = (
+            getattr(args, "handler", None)
+            or {
+                "demo": cmd_demo,
+                "train": cmd_train,
+                "measure": cmd_measure,
+                "unlearn": cmd_unlearn,
+                "restor": cmd_restor,
+                "restor-stats": cmd_restor_stats,
+                "ls": cmd_ls,
+            }[args.command]
+        )
         return handler(args) or 0
     except BrokenPipeError:  # e.g. `unmemorize ls keys | head`
         sys.stderr.close()
@@ -388,10 +397,12 @@ def cmd_measure(args) -> int:
     from .io import atomic_write_json
     from .metrics import MemorizationReport, generate_memorized, memorized
 
-    model, tokenizer, data = load_run(args.model)
-    vocab = model.get_input_embeddings().weight.shape[0]
     if args.batch_size < 1:
         raise UserError("--batch-size must be positive")
+    model, tokenizer, data = load_run(
+        args.model, dtype=resolve_dtype(args.dtype), device=resolve_device(args.device)
+    )
+    vocab = model.get_input_embeddings().weight.shape[0]
     t0 = time.perf_counter()
     if args.sequences is None:
         if data is None:
@@ -416,13 +427,7 @@ def cmd_measure(args) -> int:
         run_k = data.memorization.suffix_len if data is not None else 32
         p = args.prefix_len if args.prefix_len is not None else run_p
         k = args.suffix_len if args.suffix_len is not None else run_k
-        ctx = getattr(model.config, "max_position_embeddings", None) or getattr(
-            model.config, "n_positions", None
-        )
-        if ctx is not None and p + k > ctx:
-            raise UserError(
-                f"prefix + suffix = {p + k} exceeds the model's context of {ctx} tokens"
-            )
+        check_window(model, p, k)
         ids = read_sequences(args.sequences, tokenizer, vocab, p, k)
         prompt = target = ids
         prefix = torch.full((len(ids),), p)
@@ -494,6 +499,8 @@ def cmd_unlearn(args) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         batch_size=args.batch_size,
+        dtype=resolve_dtype(args.dtype),
+        device=resolve_device(args.device),
     )
     before, after = record["before"], record["after"]
     res = record["result"]
@@ -541,8 +548,6 @@ def cmd_restor(args) -> int:
     else:
         if not args.facts or not args.docs:
             raise UserError("--model needs --facts FILE and --docs FILE (RESTOR format)")
-        import torch
-
         task = file_task(
             args.facts,
             args.docs,
@@ -559,8 +564,8 @@ def cmd_restor(args) -> int:
             methods=methods,
             overwrite=args.overwrite,
             progress=not args.no_progress,
-            dtype=getattr(torch, args.dtype) if args.dtype else None,
-            device=args.device,
+            dtype=resolve_dtype(args.dtype),
+            device=resolve_device(args.device),
         )
     print()
     print(format_restor_table(summary))

@@ -54,6 +54,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .data.corpus import Corpus, open_corpus
 from .io import atomic_write_text
 from .metrics.memorization import memorized
+from .runtime import check_window
 
 logger = logging.getLogger(__name__)
 
@@ -150,25 +151,6 @@ class MiningResult:
         path = Path(path)
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.rows()))
         return path
-
-
-def context_length(model: PreTrainedModel) -> int | None:
-    """The model's maximum positions (``max_position_embeddings`` / ``n_positions``), if known."""
-    cfg = model.config
-    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``cpu`` / ``cuda`` / ``cuda:N`` as a device, refusing CUDA where there is none."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but CUDA is not available; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {device!r}; use cpu or cuda")
-    return dev
 
 
 @torch.inference_mode()
@@ -327,12 +309,7 @@ def _check_settings(
     if prefix_len < 1 or suffix_len < 1:
         raise ValueError("--prefix-len and --suffix-len must be positive")
     window = prefix_len + suffix_len
-    ctx = context_length(model)
-    if ctx is not None and window > ctx:
-        raise ValueError(
-            f"prefix + suffix = {window} exceeds the model's context of {ctx} tokens; "
-            "lower --prefix-len/--suffix-len"
-        )
+    check_window(model, prefix_len, suffix_len)
     if stride < 1:
         raise ValueError("--stride must be positive")
     if batch_size < 1:
@@ -361,4 +338,4 @@ def _check_ids(ids: np.ndarray, where: np.ndarray, vocab: int, source: Corpus) -
         )
 
 
-__all__ = ["MiningResult", "context_length", "mine", "resolve_device", "suffix_logprob"]
+__all__ = ["MiningResult", "mine", "suffix_logprob"]

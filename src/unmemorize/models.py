@@ -32,6 +32,7 @@ from transformers import (
 
 from .io import atomic_dir
 from .registry import suggest
+from .runtime import check_memory_fits, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +175,12 @@ def load_model(
     Raises:
         ModelDirError: missing directory, no config, only pickled weights, or a tokenizer whose
             vocabulary is larger than the model's embedding.
+        MemoryError: the weights in ``dtype`` will not fit in ``device``'s free memory (the
+            message says how much they need and what to try).
+        ValueError: ``device`` is CUDA on a machine without it.
     """
     path = check_model_dir(path)
+    check_memory_fits(path, dtype, resolve_device(device))
     tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
     if not any((path / name).is_file() for name in tokenizer_files):
         raise ModelDirError(

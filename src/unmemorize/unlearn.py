@@ -37,6 +37,7 @@ from .metrics.selection import selection_score
 from .metrics.utility import accuracy_and_perplexity
 from .mlp import MLPAdapter
 from .models import save_model
+from .runtime import check_window
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +57,6 @@ class UnlearnSetup:
     tinymem: TinyMemData | None = None
 
 
-def _context_length(model: PreTrainedModel) -> int | None:
-    cfg = model.config
-    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
-
-
 def prepare(
     model_dir: str | Path,
     *,
@@ -71,6 +67,8 @@ def prepare(
     suffix_len: int | None = None,
     batch_size: int = 512,
     check_model: Callable[[PreTrainedModel], object] | None = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
 ) -> UnlearnSetup:
     """Load ``model_dir`` and build the forget/retain sets and the evaluator.
 
@@ -84,7 +82,7 @@ def prepare(
     from .benchmarks.tinymem import load_run
     from .train import evaluate as evaluate_tinymem
 
-    model, tokenizer, run_data = load_run(model_dir)
+    model, tokenizer, run_data = load_run(model_dir, dtype=dtype, device=device)
     model.eval()
     if check_model is not None:
         check_model(model)
@@ -119,9 +117,7 @@ def prepare(
 
     p = prefix_len if prefix_len is not None else 32
     k = suffix_len if suffix_len is not None else 32
-    ctx = _context_length(model)
-    if ctx is not None and p + k > ctx:
-        raise ValueError(f"prefix + suffix = {p + k} exceeds the model's context of {ctx} tokens")
+    check_window(model, p, k)
     vocab = model.get_input_embeddings().weight.shape[0]
     candidates = read_sequences(forget, tokenizer, vocab, p, k)
     retain_ids = (
@@ -193,6 +189,8 @@ def unlearn(
     overwrite: bool = False,
     progress: bool = True,
     batch_size: int = 512,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict:
     """Apply a method to the model in ``model_dir`` and write the edited model to ``out``.
 
@@ -217,6 +215,8 @@ def unlearn(
         suffix_len=suffix_len,
         batch_size=batch_size,
         check_model=MLPAdapter if m.family in ("neuron", "weight") else None,
+        dtype=dtype,
+        device=device,
     )
     logger.info(
         "unlearning %d forget rows (retain %d) with %s",

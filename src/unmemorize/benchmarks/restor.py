@@ -407,7 +407,7 @@ def run_restor_on_model(
     overwrite: bool = False,
     progress: bool = True,
     dtype: torch.dtype | None = None,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
 ) -> dict:
     """RESTOR on a local HF model (the clean model) and RESTOR-format data (see :func:`file_task`).
 

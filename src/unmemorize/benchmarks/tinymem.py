@@ -307,9 +307,11 @@ def _publish_model(model: PreTrainedModel, tokenizer, out: Path) -> None:
 
 def load_run(
     path: str | Path,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, TinyMemData | None]:
     """Load a model directory and, when it was written by ``unmemorize train``, its data."""
-    model, tokenizer = load_model(path)
+    model, tokenizer = load_model(path, dtype=dtype, device=device)
     data_dir = Path(path) / "data"
     data = TinyMemData.load(data_dir) if (data_dir / "data.safetensors").is_file() else None
     return model, tokenizer, data

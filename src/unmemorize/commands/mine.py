@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..runtime import add_runtime_args
+
 DESCRIPTION = """\
 Find the k-extractable sequences of a corpus: windows of P + K tokens whose first P tokens make
 greedy decoding reproduce the next K exactly (TinyMem built its Pythia forget set this way, with
@@ -85,12 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="early rejection: check the suffix in chunks of N tokens, or 'none' for one full "
         "pass (default: %(default)s; verdicts are identical)",
     )
-    parser.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16", "float16"],
-        help="model weights dtype (default: float32)",
-    )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    add_runtime_args(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(handler=cmd_mine)
 
@@ -108,10 +105,9 @@ def _check_every(value: str) -> int | None:
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..mining import mine, resolve_device
+    from ..mining import mine
     from ..models import load_model
+    from ..runtime import resolve_device, resolve_dtype
 
     check_every = _check_every(args.check_every)
     device = resolve_device(args.device)
@@ -122,9 +118,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out} lies under a file, not a directory; choose another path")
     if out.exists() and corpus.exists() and out.resolve() == corpus.resolve():
         raise ValueError("--out must differ from --corpus: the corpus is never modified")
-    model, tokenizer = load_model(
-        args.model, dtype=getattr(torch, args.dtype) if args.dtype else None, device=device
-    )
+    model, tokenizer = load_model(args.model, dtype=resolve_dtype(args.dtype), device=device)
     result = mine(
         model,
         corpus,

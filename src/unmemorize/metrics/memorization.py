@@ -20,6 +20,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..data.base import MemorizationSet
+from ..runtime import run_in_batches
 
 
 def _as_prefix_tensor(prefix_len: int | torch.Tensor, m: int) -> torch.Tensor:
@@ -52,7 +53,7 @@ def memorized(
         target_ids: [M, T] sequences whose tokens ``[p, p + k)`` must be reproduced.
         prefix_len: p, one int or [M] per-row lengths.
         suffix_len: k; clipped to T − p per row.
-        batch_size: rows per forward pass.
+        batch_size: rows per forward pass (halved automatically on out-of-memory).
         check_every: check the suffix in chunks of this many tokens and drop rows at their first
             wrong chunk (KV cache for the rest); None = one full pass per batch.
 
@@ -68,9 +69,14 @@ def memorized(
         if p < 1 or k < 1:
             continue  # nothing to prompt with or nothing to reproduce: not memorized
         rows = (prefix == p).nonzero().squeeze(1)
-        for idx in _batches(rows, batch_size):
+
+        def check(start: int, stop: int, rows=rows, p=p, k=k) -> None:
+            idx = rows[start:stop]
             seq = torch.cat([prompt_ids[idx, :p], target_ids[idx, p : p + k]], dim=1).to(device)
             verdict[idx] = _check_batch(model, seq, p, k, check_every).cpu()
+
+        # a batch too large for the device is halved and retried, not a crash
+        run_in_batches(check, len(rows), batch_size, what="memorization batch")
     return verdict
 
 

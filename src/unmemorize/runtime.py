@@ -1,0 +1,270 @@
+"""Where and how a model runs: device, dtype, context length, memory fit, out-of-memory back-off.
+
+One place for the questions every command asks before it touches a production-size model:
+
+- :func:`resolve_device` / :func:`resolve_dtype` turn ``--device`` / ``--dtype`` into torch
+  objects, refusing CUDA where there is none;
+- :func:`context_length` and :func:`check_window` keep a prefix + suffix inside the context;
+- :func:`safetensors_parameter_count` reads a model directory's size from the safetensors headers
+  (no weights are loaded), and :func:`check_memory_fits` says, before loading, how much memory the
+  model needs in the asked dtype and what to try when the device has less;
+- :func:`run_in_batches` runs a batched loop and halves the batch on out-of-memory instead of
+  crashing (a whole run is not lost because the default batch was too large for a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:  # torch is imported where used, so `unmemorize --help` stays fast
+    import torch
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DTYPES = ("float32", "bfloat16", "float16")
+"""``--dtype`` choices: the names of the torch dtypes."""
+
+_SAFETENSORS_BYTES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+    "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+}  # fmt: skip
+
+#: Loading for evaluation needs the weights plus activations and allocator slack.
+EVAL_OVERHEAD = 1.2
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``cpu`` / ``cuda`` / ``cuda:N`` as a device, refusing CUDA where there is none.
+
+    Raises:
+        ValueError: an unknown device name, or CUDA asked for on a machine without it.
+    """
+    import torch
+
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {str(dev)!r}; use cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                "--device cuda was asked for but CUDA is not available on this machine; "
+                "use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {dev} does not exist: this machine has {torch.cuda.device_count()} "
+                "CUDA device(s), numbered from 0"
+            )
+    return dev
+
+
+def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    """``float32`` / ``bfloat16`` / ``float16`` (or None: the default, float32) as a torch dtype."""
+    import torch
+
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def add_runtime_args(parser: argparse.ArgumentParser, what: str = "the model") -> None:
+    """Add ``--dtype`` and ``--device`` with the same names, choices and help everywhere."""
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        help=f"weights dtype of {what} (default: float32; bfloat16 halves memory on a GPU)",
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)"
+    )
+
+
+def context_length(model) -> int | None:
+    """The model's maximum positions (``max_position_embeddings`` / ``n_positions``), if known."""
+    cfg = model.config
+    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+
+
+def check_window(model, prefix_len: int, suffix_len: int) -> None:
+    """Raise if a prefix + suffix window does not fit in the model's context."""
+    ctx = context_length(model)
+    if ctx is not None and prefix_len + suffix_len > ctx:
+        raise ValueError(
+            f"prefix + suffix = {prefix_len} + {suffix_len} = {prefix_len + suffix_len} tokens "
+            f"exceeds the model's context of {ctx}; shorten --prefix-len/--suffix-len"
+        )
+
+
+def safetensors_parameter_count(model_dir: str | Path) -> int:
+    """Number of weight elements in a model directory, read from the safetensors headers only.
+
+    A safetensors file starts with an 8-byte little-endian header length and a JSON header that
+    lists every tensor's dtype and shape, so the size is known without reading any weights.
+    """
+    total = 0
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        with open(file, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise ValueError(f"{file} is not a safetensors file (too short)")
+            (n,) = struct.unpack("<Q", raw)
+            if n > 100_000_000:
+                raise ValueError(f"{file} is not a safetensors file (header of {n} bytes)")
+            try:
+                header = json.loads(f.read(n))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise ValueError(f"{file} is not a safetensors file (unreadable header)") from None
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            count = 1
+            for dim in info.get("shape", []):
+                count *= int(dim)
+            total += count
+    return total
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a new model on ``device`` (CUDA: free device memory; CPU: MemAvailable)."""
+    import torch
+
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def check_memory_fits(
+    model_dir: str | Path,
+    dtype: torch.dtype | None,
+    device: torch.device,
+    overhead: float = EVAL_OVERHEAD,
+) -> int:
+    """Raise a helpful error when ``model_dir`` in ``dtype`` will not fit in ``device``'s memory.
+
+    Returns:
+        The estimated bytes needed (weights × ``overhead``).
+
+    Raises:
+        MemoryError: the estimate exceeds the free memory; the message says what it needs and
+            what to try (a smaller dtype, another device, LoRA for training).
+    """
+    import torch
+
+    dtype = dtype or torch.float32
+    n_params = safetensors_parameter_count(model_dir)
+    element = torch.finfo(dtype).bits // 8
+    need = int(n_params * element * overhead)
+    free = available_memory(device)
+    if free is not None and need > free:
+        hints = []
+        if element > 2:
+            hints.append("--dtype bfloat16 (half the memory)")
+        if device.type == "cpu" and torch.cuda.is_available():
+            hints.append("--device cuda")
+        elif device.type == "cuda":
+            hints.append("--device cpu")
+        hints.append("LoRA (lora_rank=8) for gradient methods")
+        raise MemoryError(
+            f"{model_dir} has {n_params / 1e9:.2f}B parameters and needs about {_gib(need)} in "
+            f"{str(dtype).removeprefix('torch.')} but {device} has {_gib(free)} free; "
+            f"try {', '.join(hints)}"
+        )
+    return need
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for CUDA/MPS out-of-memory errors and CPU allocation failures."""
+    import torch
+
+    oom_type = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    if isinstance(err, oom_type):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+def run_in_batches(
+    fn: Callable[[int, int], T],
+    n: int,
+    batch_size: int,
+    *,
+    what: str = "batch",
+) -> list[T]:
+    """Call ``fn(start, stop)`` over ``range(n)`` in chunks, halving the chunk on out-of-memory.
+
+    The chunk that ran out of memory is retried at half the size (after freeing the CUDA cache);
+    later chunks keep the smaller size. Results come back in order, one per call.
+
+    Raises:
+        MemoryError: even a chunk of one row does not fit.
+    """
+    import torch
+
+    if batch_size < 1:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
+    out: list[T] = []
+    start = 0
+    while start < n:
+        stop = min(n, start + batch_size)
+        try:
+            out.append(fn(start, stop))
+        except (RuntimeError, MemoryError) as err:
+            if not is_out_of_memory(err):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if batch_size == 1:
+                raise MemoryError(
+                    f"out of memory with a {what} of one row; use a smaller --dtype, a "
+                    "device with more memory, or shorter sequences"
+                ) from None
+            batch_size = max(1, batch_size // 2)
+            log.warning("out of memory: retrying with a %s size of %d", what, batch_size)
+            continue
+        start = stop
+    return out
+
+
+__all__ = [
+    "DTYPES",
+    "add_runtime_args",
+    "available_memory",
+    "check_memory_fits",
+    "check_window",
+    "context_length",
+    "is_out_of_memory",
+    "resolve_device",
+    "resolve_dtype",
+    "run_in_batches",
+    "safetensors_parameter_count",
+]
