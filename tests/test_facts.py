@@ -195,7 +195,7 @@ def test_facts_format_errors(tmp_path, obj, message):
 def test_invalid_json_names_file_and_place(tmp_path):
     path = tmp_path / "facts.json"
     path.write_text('{"dset": {', encoding="utf-8")
-    with pytest.raises(FactsFormatError, match=r"facts.json: not valid JSON \(line 1"):
+    with pytest.raises(FactsFormatError, match=r"facts.json: not valid JSON \(line 1, column"):
         load_facts(path)
 
 
@@ -222,8 +222,9 @@ def test_entities_format_errors(tmp_path, content, message):
         ("d.json", [{"text": "a"}, {"body": "b"}], r'd.json: document \[1\] has no "text"'),
         ("d.json", [{"text": ""}], r'document \[0\] "text" must be a non-empty string'),
         ("d.json", [], "d.json: holds no documents"),
-        ("d.jsonl", '{"text": "a"}\n\n{"txt": "b"}\n', 'd.jsonl: document line 2 has no "text"'),
-        ("d.jsonl", '{"text": "a"}\n{oops\n', "d.jsonl: line 2 is not valid JSON"),
+        # line 2 is blank: the bad document is on line 3
+        ("d.jsonl", '{"text": "a"}\n\n{"txt": "b"}\n', 'd.jsonl: document line 3 has no "text"'),
+        ("d.jsonl", '{"text": "a"}\n{oops\n', "d.jsonl:2: not valid JSON"),
     ],
 )
 def test_docs_format_errors(tmp_path, name, content, message):

@@ -554,7 +554,7 @@ def _demo_row_without_method(tmp_path: Path) -> Path:
         (lambda t: (t / "empty").mkdir() or t / "empty", r"empty holds no run to report: a run "
          r"directory holds summary\.json .* or run\.json"),
         (lambda t: t / "missing", r"report input .*missing does not exist"),
-        (_bad_summary, r"broken/summary\.json is not valid JSON \(.* at line 1\)"),
+        (_bad_summary, r"broken/summary\.json: not valid JSON \(line 1, .*re-run"),
         (_other_summary, r"other/summary\.json is not a demo, sweep or RESTOR summary"),
         (_demo_row_without_method, r"demo/summary\.json does not have the layout of a TinyMem demo"),
     ],

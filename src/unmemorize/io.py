@@ -1,7 +1,16 @@
-"""Crash-safe file output: everything is written to a temporary path and renamed into place.
+"""File input and output: bounded, safe readers for untrusted files, crash-safe writers.
 
-A ``kill -9`` at any moment leaves either the previous complete file/directory or the new
-complete one, never a half-written one that loads.
+Output: everything is written to a temporary path and renamed into place, so a ``kill -9`` at any
+moment leaves either the previous complete file/directory or the new complete one, never a
+half-written one that loads.
+
+Input: every user-supplied JSON, jsonl, YAML and text file is read through :func:`read_json`,
+:func:`iter_jsonl`, :func:`read_yaml` or :func:`read_text`. They refuse a file larger than
+``UNMEMORIZE_MAX_FILE_BYTES`` (default 1 GiB) or a jsonl line longer than
+``UNMEMORIZE_MAX_LINE_BYTES`` (default 128 MiB) before reading it into memory, never build
+Python objects from YAML tags (``yaml.safe_load`` only) and turn every parse failure into one
+``ValueError`` line that names the file (and line). Weights are only ever read from safetensors;
+numpy arrays only with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
@@ -14,6 +23,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+#: Default bounds of the safe readers; the environment variables of the same name raise them.
+MAX_FILE_BYTES = 1 << 30
+MAX_LINE_BYTES = 1 << 27
 
 
 def _fsync_dir(path: Path) -> None:
@@ -105,3 +118,155 @@ def prepare_output_dir(path: str | Path, overwrite: bool) -> Path:
     if path.is_dir() and any(path.iterdir()):
         shutil.rmtree(path)
     return path
+
+
+# --------------------------------------------------------------------------- bounded, safe readers
+
+
+def _limit(name: str, given: int | None, default: int) -> int:
+    """``given``, else the environment variable ``name``, else ``default`` (bytes)."""
+    if given is not None:
+        return given
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name} must be a positive number of bytes, got {text!r}")
+    return value
+
+
+def _check_size(path: Path, max_bytes: int | None) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist or is not a file")
+    limit = _limit("UNMEMORIZE_MAX_FILE_BYTES", max_bytes, MAX_FILE_BYTES)
+    size = path.stat().st_size
+    if size > limit:
+        raise ValueError(
+            f"{path} has {size} bytes, more than the limit of {limit}; if you trust the file, "
+            f"raise the limit with UNMEMORIZE_MAX_FILE_BYTES={size}"
+        )
+
+
+def _decode(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{where}: not UTF-8 text (bad byte at offset {err.start}); is it really a text file?"
+        ) from None
+
+
+def _loads(text: str, where: str, one_line: bool = False) -> Any:
+    """``json.loads`` whose every failure (syntax, nesting, huge numbers) is one ValueError."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        at = "" if one_line else f"line {err.lineno}, "
+        raise ValueError(f"{where}: not valid JSON ({at}column {err.colno}: {err.msg})") from None
+    except RecursionError:
+        raise ValueError(f"{where}: not valid JSON (nested too deeply)") from None
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        raise ValueError(f"{where}: not valid JSON ({str(err).splitlines()[0]})") from None
+
+
+def read_text(path: str | Path, max_bytes: int | None = None) -> str:
+    """A UTF-8 text file, refused before reading when larger than ``max_bytes``.
+
+    Args:
+        max_bytes: size limit; None = ``UNMEMORIZE_MAX_FILE_BYTES`` or 1 GiB.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: too large or not UTF-8 (one line naming the file and the fix).
+    """
+    path = Path(path)
+    _check_size(path, max_bytes)
+    return _decode(path.read_bytes(), str(path))
+
+
+def read_json(path: str | Path, max_bytes: int | None = None) -> Any:
+    """A JSON file, refused before reading when larger than ``max_bytes``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: too large, not UTF-8 or not valid JSON: one line that names the file and
+            says what is wrong (``FILE: not valid JSON (line L, column C: MSG)``).
+    """
+    path = Path(path)
+    return _loads(read_text(path, max_bytes), str(path))
+
+
+def iter_jsonl(
+    path: str | Path, max_line_bytes: int | None = None, max_bytes: int | None = None
+) -> Iterator[tuple[int, Any]]:
+    """Stream a jsonl file: ``(1-based line number, parsed value)`` for each non-blank line.
+
+    A line is never read into memory beyond ``max_line_bytes`` (+1), so one endless line cannot
+    exhaust memory; the file size is checked first.
+
+    Args:
+        max_line_bytes: longest line; None = ``UNMEMORIZE_MAX_LINE_BYTES`` or 128 MiB.
+        max_bytes: largest file; None = ``UNMEMORIZE_MAX_FILE_BYTES`` or 1 GiB; 0 = no limit
+            (for corpora that are streamed, never held in memory).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: file too large, a line too long, not UTF-8 or not valid JSON; the message is
+            ``FILE:LINE: ...`` and says how to raise a limit.
+    """
+    path = Path(path)
+    if max_bytes == 0:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist or is not a file")
+    else:
+        _check_size(path, max_bytes)
+    limit = _limit("UNMEMORIZE_MAX_LINE_BYTES", max_line_bytes, MAX_LINE_BYTES)
+    with path.open("rb") as f:
+        line_no = 0
+        while True:
+            raw = f.readline(limit + 1)
+            if not raw:
+                return
+            line_no += 1
+            where = f"{path}:{line_no}"
+            if len(raw) > limit and not (len(raw) == limit + 1 and raw.endswith(b"\n")):
+                raise ValueError(
+                    f"{where}: line longer than the limit of {limit} bytes; if you trust the "
+                    "file, raise it with UNMEMORIZE_MAX_LINE_BYTES=N"
+                )
+            text = _decode(raw, where)
+            if not text.strip():
+                continue
+            yield line_no, _loads(text, where, one_line=True)
+
+
+def read_yaml(path: str | Path, max_bytes: int | None = None) -> Any:
+    """A YAML file parsed with ``yaml.safe_load``: plain data only, never Python objects.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: too large, not UTF-8, not valid YAML, or a tag such as ``!!python/object``
+            that would build a Python object (one line naming the file).
+    """
+    import yaml
+
+    path = Path(path)
+    text = read_text(path, max_bytes)
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as err:
+        raise ValueError(
+            f"{path}: YAML tag {err.problem.split()[-1] if err.problem else ''} is not allowed; "
+            "only plain YAML data (mappings, lists, strings, numbers) is read"
+        ) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML ({problem}{at})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not valid YAML (nested too deeply)") from None

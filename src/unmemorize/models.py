@@ -6,7 +6,9 @@ a 4× ReLU MLP, no dropout, weights initialised with std 0.8/sqrt(d_model) and a
 embeddings on a quarter of each head, parallel attention + MLP residual, untied output head).
 
 Model directories are Hugging Face directories: ``config.json``, ``model.safetensors`` and the
-tokenizer files. Nothing is ever fetched from a hub, and pickled weights are never loaded.
+tokenizer files. Nothing is ever fetched from a hub, pickled weights are never loaded and code
+shipped inside a model directory is never run (unless a library caller passes
+``trust_remote_code=True``; the command line has no such flag).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    CONFIG_MAPPING,
     AutoModelForCausalLM,
     AutoTokenizer,
     GPT2Config,
@@ -30,7 +33,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .io import atomic_dir
+from .io import atomic_dir, read_json
 from .registry import suggest
 from .runtime import check_memory_fits, resolve_device
 
@@ -140,8 +143,13 @@ def build_model_for(
     )
 
 
-def check_model_dir(path: str | Path) -> Path:
-    """Check that ``path`` is a local HF causal-LM directory with safetensors weights."""
+def check_model_dir(path: str | Path, trust_remote_code: bool = False) -> Path:
+    """Check that ``path`` is a local HF causal-LM directory with safetensors weights.
+
+    A directory whose architecture transformers does not ship (``config.json`` names Python code
+    through ``auto_map``) is refused unless ``trust_remote_code``: that code would run on load.
+    The command line never sets it.
+    """
     path = Path(path)
     if not path.is_dir():
         raise ModelDirError(
@@ -151,6 +159,19 @@ def check_model_dir(path: str | Path) -> Path:
         raise ModelDirError(
             f"{path} is not a Hugging Face model directory (no config.json); "
             "pass a directory written by `unmemorize train` or `save_pretrained`"
+        )
+    try:
+        config = read_json(path / "config.json")
+    except ValueError as err:
+        raise ModelDirError(str(err)) from None
+    if not isinstance(config, dict):
+        raise ModelDirError(f"{path / 'config.json'} must hold a JSON object (a model config)")
+    model_type = config.get("model_type")
+    if not trust_remote_code and "auto_map" in config and model_type not in CONFIG_MAPPING:
+        raise ModelDirError(
+            f"{path} needs its own Python code to load (model_type {model_type!r} with auto_map "
+            "in config.json); unmemorize never runs code from a model directory: use a model "
+            "whose architecture transformers supports natively"
         )
     names = os.listdir(path)
     if not any(n.endswith(".safetensors") for n in names):
@@ -179,7 +200,7 @@ def load_model(
             message says how much they need and what to try).
         ValueError: ``device`` is CUDA on a machine without it.
     """
-    path = check_model_dir(path)
+    path = check_model_dir(path, trust_remote_code)
     check_memory_fits(path, dtype, resolve_device(device))
     tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
     if not any((path / name).is_file() for name in tokenizer_files):

@@ -29,13 +29,13 @@ from __future__ import annotations
 import base64
 import datetime
 import html
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .io import atomic_dir, atomic_write_text
+from .io import read_json as safe_read_json
 from .report_restor import restor_section
 from .report_sections import (
     KIND_LABELS,
@@ -79,16 +79,13 @@ class ReportPaths:
 
 
 def read_json(path: Path) -> Any:
-    """A JSON file, or a one-line ValueError that names the file and says what to do."""
+    """A JSON file through :func:`unmemorize.io.read_json` (bounded; one-line errors)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
+        return safe_read_json(path)
+    except ValueError as err:
         raise ValueError(
-            f"{path} is not valid JSON ({err.msg} at line {err.lineno}); re-run the command "
-            "that wrote it, or leave its directory out of the report"
+            f"{err}; re-run the command that wrote it, or leave its directory out of the report"
         ) from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{path} is not a UTF-8 text file; is it really a JSON file?") from None
 
 
 def detect(path: Path, *, strict: bool = True) -> tuple[str, dict] | None:

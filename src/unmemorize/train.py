@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from .data.base import TinyMemData
-from .io import atomic_dir, atomic_write_json
+from .io import atomic_dir, atomic_write_json, read_json
 from .metrics import evaluate_utility, measure_memorization
 
 log = logging.getLogger(__name__)
@@ -297,7 +297,7 @@ def _load_checkpoint(path: Path, model, optimizer, regularizer) -> tuple[int, li
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     if regularizer is not None and (path / "regularizer.pt").is_file():
         regularizer.load_state_dict(torch.load(path / "regularizer.pt", weights_only=True))
-    trainer_state = json.loads((path / "trainer_state.json").read_text())
+    trainer_state = read_json(path / "trainer_state.json")
     return int(trainer_state["epoch"]), list(trainer_state["history"])
 
 

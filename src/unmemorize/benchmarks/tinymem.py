@@ -16,7 +16,6 @@ Presets (:data:`PRESETS`): ``paper`` (the paper's exact sizes, for GPU users) an
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -37,7 +36,7 @@ from ..data.base import TinyMemData
 from ..data.math import MathDataConfig, make_math_data
 from ..data.text import TextDataConfig, make_text_data
 from ..data.tokenizers import math_tokenizer
-from ..io import atomic_dir, atomic_write_json, prepare_output_dir
+from ..io import atomic_dir, atomic_write_json, prepare_output_dir, read_json
 from ..metrics.memorization import MemorizationReport, measure_memorization
 from ..metrics.selection import best_per, rank, selection_score
 from ..metrics.utility import evaluate_utility
@@ -219,7 +218,7 @@ def _prepare_run_dir(out: Path, exp: ExperimentConfig, overwrite: bool) -> bool:
     """Make ``out`` ready; return True when an interrupted run of the same experiment resumes."""
     exp_file = out / "experiment.json"
     if out.is_dir() and exp_file.is_file() and not overwrite:
-        previous = json.loads(exp_file.read_text())
+        previous = read_json(exp_file)
         if (out / "run.json").is_file():
             raise FileExistsError(
                 f"{out} already holds a finished run; choose another --out or pass --overwrite"

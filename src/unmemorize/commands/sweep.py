@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 EPILOG = """\
@@ -12,7 +11,8 @@ search spaces:
   --space paper      the TinyMem paper's grid (ratios 1e-5..5%, epochs, IG steps, loss weights)
   --space FILE.json  your own: {"ga": {"lr": [1e-5, 5e-5]},
                                 "balanced_subnet": {"ratio": {"low": 0.001, "high": 0.1, "log": true}}}
-                     (lists: grid or TPE choices; ranges: --search tpe only)
+                     (lists: grid or TPE choices; ranges: --search tpe only); FILE.yaml works too
+                     (read with yaml.safe_load: plain data only)
 
 examples:
   unmemorize sweep --methods balanced_subnet,durable,zero_out --out sweeps/s1
@@ -78,17 +78,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _read_space(text: str):
+    from ..io import read_json, read_yaml
     from ..sweep import SEARCH_SPACES
 
-    if text in SEARCH_SPACES or not text.endswith(".json"):
+    suffix = Path(text).suffix.lower()
+    if text in SEARCH_SPACES or suffix not in (".json", ".yaml", ".yml"):
         return text
     path = Path(text)
     if not path.is_file():
         raise FileNotFoundError(f"--space {text}: no such file (or use cpu-mini / paper)")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"--space {text} is not valid JSON: {err}") from None
+        return read_json(path) if suffix == ".json" else read_yaml(path)
+    except ValueError as err:
+        raise ValueError(f"--space {err}") from None
 
 
 def cmd_sweep(args) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..io import atomic_dir
+from ..io import atomic_dir, read_json
 
 
 @dataclass
@@ -127,7 +127,7 @@ class TinyMemData:
         if not (directory / "data.safetensors").is_file():
             raise FileNotFoundError(f"{directory} holds no TinyMem data (data.safetensors missing)")
         t = load_file(str(directory / "data.safetensors"))
-        meta = json.loads((directory / "data.json").read_text())
+        meta = read_json(directory / "data.json")
         mem = MemorizationSet(
             t["mem.target_ids"],
             t["mem.prompt_ids"],

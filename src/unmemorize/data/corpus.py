@@ -17,7 +17,6 @@ Shapes: B windows per batch, W window tokens.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,9 +24,10 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ..io import iter_jsonl
+
 #: Token-id dtypes of raw ``.bin`` streams (Pythia's Pile: uint16).
 RAW_DTYPES = {"uint16": np.uint16, "int32": np.int32}
-MAX_LINE_CHARS = 100_000_000
 
 
 class Corpus:
@@ -113,15 +113,7 @@ class _JsonlCorpus(Corpus):
     def _fail(self, line_no: int, why: str) -> ValueError:
         return ValueError(f"{self.path}:{line_no}: {why}")
 
-    def _document(self, line: str, line_no: int) -> list[int]:
-        if len(line) > MAX_LINE_CHARS:
-            raise self._fail(line_no, f"line longer than {MAX_LINE_CHARS} characters")
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise self._fail(
-                line_no, f"not valid JSON ({err.msg}); the corpus must be jsonl, .npy or .bin"
-            ) from None
+    def _document(self, obj: object, line_no: int) -> list[int]:
         if not isinstance(obj, dict):
             raise self._fail(line_no, 'each line must be a JSON object {"input_ids": [...]}')
         if "input_ids" in obj:
@@ -142,27 +134,25 @@ class _JsonlCorpus(Corpus):
         ids_buf: list[np.ndarray] = []
         where_buf: list[np.ndarray] = []
         held = 0
-        with self.path.open(encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                doc = np.asarray(self._document(line, line_no), dtype=np.int64)
-                n = _n_windows(len(doc), window, stride)
-                if n == 0:
-                    continue
-                view = np.lib.stride_tricks.sliding_window_view(doc, window)[::stride]  # [n, W]
-                start = 0
-                # slices of at most one batch: a long document is never copied whole
-                while start < n:
-                    take = min(n - start, batch_size - held)
-                    ids_buf.append(view[start : start + take])
-                    offsets = stride * np.arange(start, start + take)
-                    where_buf.append(np.stack([np.full(take, line_no), offsets], 1))
-                    held += take
-                    start += take
-                    if held == batch_size:
-                        yield np.concatenate(ids_buf), np.concatenate(where_buf)
-                        ids_buf, where_buf, held = [], [], 0
+        # the corpus is streamed, so only a line (never the file) is bounded
+        for line_no, obj in iter_jsonl(self.path, max_bytes=0):
+            doc = np.asarray(self._document(obj, line_no), dtype=np.int64)
+            n = _n_windows(len(doc), window, stride)
+            if n == 0:
+                continue
+            view = np.lib.stride_tricks.sliding_window_view(doc, window)[::stride]  # [n, W]
+            start = 0
+            # slices of at most one batch: a long document is never copied whole
+            while start < n:
+                take = min(n - start, batch_size - held)
+                ids_buf.append(view[start : start + take])
+                offsets = stride * np.arange(start, start + take)
+                where_buf.append(np.stack([np.full(take, line_no), offsets], 1))
+                held += take
+                start += take
+                if held == batch_size:
+                    yield np.concatenate(ids_buf), np.concatenate(where_buf)
+                    ids_buf, where_buf, held = [], [], 0
         if held:
             yield np.concatenate(ids_buf), np.concatenate(where_buf)
 

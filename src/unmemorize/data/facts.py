@@ -24,6 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..io import iter_jsonl, read_json
+
 log = logging.getLogger(__name__)
 
 _FACT_SHAPE = '{"question": str, "answers": [str, ...]}'
@@ -204,13 +206,10 @@ def _parse_example(source: str, rel: str, i: int, raw: object) -> ContextExample
 
 
 def _read_json(path: str | Path) -> object:
-    path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise FactsFormatError(
-            f"{path.name}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})"
-        ) from None
+        return read_json(path)
+    except ValueError as err:
+        raise FactsFormatError(str(err)) from None
 
 
 def load_facts(path: str | Path) -> FactSet:
@@ -244,17 +243,12 @@ def load_docs(path: str | Path) -> list[str]:
     path = Path(path)
     name = path.name
     if path.suffix == ".jsonl":
-        items = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                items.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise FactsFormatError(
-                    f"{name}: line {lineno} is not valid JSON ({err.msg})"
-                ) from None
-        where = [f"line {n}" for n in range(1, len(items) + 1)]
+        try:
+            lines = list(iter_jsonl(path))
+        except ValueError as err:
+            raise FactsFormatError(str(err)) from None
+        items = [obj for _, obj in lines]
+        where = [f"line {n}" for n, _ in lines]
     else:
         obj = _read_json(path)
         if not isinstance(obj, list):

@@ -12,12 +12,11 @@ Other keys (``score``, ``id``, ...) are ignored.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-MAX_LINE_CHARS = 10_000_000
+from ..io import iter_jsonl
 
 
 def _fail(path: Path, line_no: int, why: str) -> ValueError:
@@ -47,8 +46,9 @@ def read_sequences(
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: empty file, malformed JSON, unknown layout or a sequence shorter than P + K;
-            the message names the file and the 1-based line number.
+        ValueError: empty file, malformed JSON, unknown layout, a sequence shorter than P + K,
+            or a file/line beyond the bounds of :func:`unmemorize.io.iter_jsonl`; the message
+            names the file and the 1-based line number.
     """
     path = Path(path)
     if not path.is_file():
@@ -57,48 +57,39 @@ def read_sequences(
         raise ValueError("--prefix-len and --suffix-len must be positive")
     need = prefix_len + suffix_len
     rows: list[list[int]] = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if len(line) > MAX_LINE_CHARS:
-                raise _fail(path, line_no, f"line longer than {MAX_LINE_CHARS} characters")
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise _fail(path, line_no, f"not valid JSON ({err.msg})") from None
-            if not isinstance(obj, dict):
-                raise _fail(path, line_no, "each line must be a JSON object")
-            if "prefix_ids" in obj or "target_ids" in obj:
-                pre = _ids(obj.get("prefix_ids"), path, line_no, "prefix_ids", vocab_size)
-                tgt = _ids(obj.get("target_ids"), path, line_no, "target_ids", vocab_size)
-                if len(pre) < prefix_len or len(tgt) < suffix_len:
-                    raise _fail(
-                        path,
-                        line_no,
-                        f"prefix_ids has {len(pre)} tokens and target_ids {len(tgt)}; need at least "
-                        f"{prefix_len} and {suffix_len} (lower --prefix-len/--suffix-len)",
-                    )
-                rows.append(pre[:prefix_len] + tgt[:suffix_len])
-                continue
-            if "input_ids" in obj:
-                ids = _ids(obj["input_ids"], path, line_no, "input_ids", vocab_size)
-            elif "text" in obj:
-                if not isinstance(obj["text"], str):
-                    raise _fail(path, line_no, "'text' must be a string")
-                ids = tokenizer(obj["text"], add_special_tokens=False)["input_ids"]
-            else:
-                raise _fail(
-                    path, line_no, "expected a key 'input_ids', 'text' or 'prefix_ids'+'target_ids'"
-                )
-            if len(ids) < need:
+    for line_no, obj in iter_jsonl(path):
+        if not isinstance(obj, dict):
+            raise _fail(path, line_no, "each line must be a JSON object")
+        if "prefix_ids" in obj or "target_ids" in obj:
+            pre = _ids(obj.get("prefix_ids"), path, line_no, "prefix_ids", vocab_size)
+            tgt = _ids(obj.get("target_ids"), path, line_no, "target_ids", vocab_size)
+            if len(pre) < prefix_len or len(tgt) < suffix_len:
                 raise _fail(
                     path,
                     line_no,
-                    f"sequence has {len(ids)} tokens, fewer than prefix + suffix = {need} "
-                    "(lower --prefix-len/--suffix-len or drop short sequences)",
+                    f"prefix_ids has {len(pre)} tokens and target_ids {len(tgt)}; need at least "
+                    f"{prefix_len} and {suffix_len} (lower --prefix-len/--suffix-len)",
                 )
-            rows.append(ids[:need])
+            rows.append(pre[:prefix_len] + tgt[:suffix_len])
+            continue
+        if "input_ids" in obj:
+            ids = _ids(obj["input_ids"], path, line_no, "input_ids", vocab_size)
+        elif "text" in obj:
+            if not isinstance(obj["text"], str):
+                raise _fail(path, line_no, "'text' must be a string")
+            ids = tokenizer(obj["text"], add_special_tokens=False)["input_ids"]
+        else:
+            raise _fail(
+                path, line_no, "expected a key 'input_ids', 'text' or 'prefix_ids'+'target_ids'"
+            )
+        if len(ids) < need:
+            raise _fail(
+                path,
+                line_no,
+                f"sequence has {len(ids)} tokens, fewer than prefix + suffix = {need} "
+                "(lower --prefix-len/--suffix-len or drop short sequences)",
+            )
+        rows.append(ids[:need])
     if not rows:
         raise ValueError(f"sequence file {path} holds no sequences")
     return torch.tensor(rows, dtype=torch.long)

@@ -33,7 +33,6 @@ Shapes: N training rows, M memorization candidates, T positions (``context_lengt
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from dataclasses import asdict, dataclass
@@ -44,6 +43,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
+from ..io import iter_jsonl, read_text
 from ..registry import suggest
 from .base import MemorizationSet, TinyMemData, duplication_groups
 from .tokenizers import train_bpe_tokenizer
@@ -189,26 +189,19 @@ def load_corpus(path: str | Path, jsonl_field: str = "text") -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"corpus file not found: {path}")
     if path.suffix == ".txt":
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
         docs = [d.strip() for d in re.split(r"\n[ \t\r\f\v]*\n", text)]
     elif path.suffix == ".jsonl":
         docs = []
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-                if not isinstance(obj, dict) or jsonl_field not in obj:
-                    raise ValueError(
-                        f"{path}:{lineno}: expected a JSON object with a {jsonl_field!r} field "
-                        "(set jsonl_field to the field that holds the text)"
-                    )
-                if not isinstance(obj[jsonl_field], str):
-                    raise ValueError(f"{path}:{lineno}: field {jsonl_field!r} is not a string")
-                docs.append(obj[jsonl_field])
+        for lineno, obj in iter_jsonl(path):
+            if not isinstance(obj, dict) or jsonl_field not in obj:
+                raise ValueError(
+                    f"{path}:{lineno}: expected a JSON object with a {jsonl_field!r} field "
+                    "(set jsonl_field to the field that holds the text)"
+                )
+            if not isinstance(obj[jsonl_field], str):
+                raise ValueError(f"{path}:{lineno}: field {jsonl_field!r} is not a string")
+            docs.append(obj[jsonl_field])
     else:
         raise ValueError(f"corpus {path} must be a .txt or .jsonl file")
     docs = [d for d in docs if d.strip()]

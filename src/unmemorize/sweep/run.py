@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write_json, prepare_output_dir
+from ..io import atomic_write_json, prepare_output_dir, read_json
 from .backends import LocalBackend, RayBackend, TrialTask, trial_output
 from .spaces import Space, grid_points, resolve_space, space_size, trial_key
 from .store import ResultsStore, default_storage
@@ -136,9 +136,9 @@ def load_spec(sweep_dir: str | Path) -> tuple[SweepSpec, str | None]:
             "`unmemorize sweep --out DIR ...`"
         )
     try:
-        meta = json.loads(path.read_text())
+        meta = read_json(path)
         spec = SweepSpec(**meta["spec"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError) as err:
         raise ValueError(
             f"{path} is damaged ({err}); start the sweep again in a new --out"
         ) from None
@@ -193,7 +193,7 @@ def _baseline(model_dir: Path, out: Path) -> dict:
 
     path = out / "baseline.json"
     if path.is_file():
-        cached = json.loads(path.read_text())
+        cached = read_json(path)
         if cached.get("model_dir") == str(model_dir):
             return cached["baseline"]
     model, _tok, data = load_run(model_dir)
@@ -231,8 +231,8 @@ def _recover_finished(spec: SweepSpec, out: Path, store: ResultsStore) -> int:
         if not path.is_file():
             continue
         try:
-            row = json.loads(path.read_text())
-        except json.JSONDecodeError:
+            row = read_json(path)
+        except ValueError:
             continue
         row.pop("kind", None)
         store.complete(
@@ -436,12 +436,10 @@ def write_summary(
     finally:
         if own_store:
             store.close()
-    base = (
-        json.loads((out / "baseline.json").read_text()) if (out / "baseline.json").is_file() else {}
-    )
+    base = read_json(out / "baseline.json") if (out / "baseline.json").is_file() else {}
     model_dir = base.get("model_dir") or spec.model or str(out / "base")
     exp_file = Path(model_dir) / "experiment.json"
-    experiment = json.loads(exp_file.read_text()) if exp_file.is_file() else None
+    experiment = read_json(exp_file) if exp_file.is_file() else None
     text_task = bool(experiment and experiment.get("task") == "text")
     runs: list[dict] = []
     for r in records:
