@@ -129,3 +129,27 @@ def test_memorized_survives_out_of_memory_with_the_same_verdicts():
 
     model.forward = small_memory
     assert torch.equal(memorized(model, ids, ids, 6, 6, batch_size=64), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_adamw_keeps_updates_too_small_for_a_low_precision_weight(dtype):
+    """50 steps of ~1e-4 on weights of 1.0: each step alone rounds away in 16 bits."""
+    kept, plain = (torch.nn.Parameter(torch.ones(8, dtype=dtype)) for _ in range(2))
+    fp32 = torch.nn.Parameter(torch.ones(8))
+    opts = [
+        runtime.adamw([kept, fp32], lr=1e-4, weight_decay=0.0),
+        torch.optim.AdamW([plain], lr=1e-4, weight_decay=0.0),
+    ]
+    for _ in range(50):
+        for opt, params in zip(opts, ([kept, fp32], [plain]), strict=True):
+            opt.zero_grad(set_to_none=True)
+            sum(p.float().sum() for p in params).backward()
+            opt.step()
+    assert torch.equal(plain, torch.ones(8, dtype=dtype))  # the problem: nothing moved
+    master = opts[0].param_groups[0]["params"][0]
+    assert master.dtype == torch.float32 and master is not kept
+    assert torch.allclose(master, torch.full((8,), 1 - 50e-4), atol=1e-5)
+    assert torch.equal(kept, master.to(dtype)) and bool((kept < 1).all())
+    assert kept.grad is None  # the gradient moved to the master copy
+    assert opts[0].param_groups[0]["params"][1] is fp32  # float32 needs no copy
+    assert torch.allclose(fp32, master)

@@ -9,7 +9,9 @@ One place for the questions every command asks before it touches a production-si
   (no weights are loaded), and :func:`check_memory_fits` says, before loading, how much memory the
   model needs in the asked dtype and what to try when the device has less;
 - :func:`run_in_batches` runs a batched loop and halves the batch on out-of-memory instead of
-  crashing (a whole run is not lost because the default batch was too large for a GPU).
+  crashing (a whole run is not lost because the default batch was too large for a GPU);
+- :func:`adamw` trains bfloat16 / float16 weights through float32 master copies, so small
+  updates are not rounded away.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import argparse
 import json
 import logging
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -32,6 +34,10 @@ T = TypeVar("T")
 DTYPES = ("float32", "bfloat16", "float16")
 """``--dtype`` choices: the names of the torch dtypes."""
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential", "cpu")
+"""``--device-map`` choices: accelerate's placements of one model's layers over every GPU, then
+the CPU (``cpu``: all on the CPU through the same path)."""
+
 _SAFETENSORS_BYTES = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
     "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
@@ -44,10 +50,15 @@ EVAL_OVERHEAD = 1.2
 def resolve_device(device: str | torch.device) -> torch.device:
     """``cpu`` / ``cuda`` / ``cuda:N`` as a device, refusing CUDA where there is none.
 
+    Under a multi-process launch (``accelerate launch``), a bare ``cuda`` is this process's GPU,
+    ``cuda:LOCAL_RANK``.
+
     Raises:
         ValueError: an unknown device name, or CUDA asked for on a machine without it.
     """
     import torch
+
+    from .distributed import local_rank
 
     if isinstance(device, torch.device):
         dev = device
@@ -69,6 +80,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
                 f"--device {dev} does not exist: this machine has {torch.cuda.device_count()} "
                 "CUDA device(s), numbered from 0"
             )
+        if dev.index is None and local_rank() is not None:
+            dev = torch.device("cuda", local_rank() % torch.cuda.device_count())
     return dev
 
 
@@ -255,8 +268,54 @@ def run_in_batches(
     return out
 
 
+def adamw(params: Iterable[torch.nn.Parameter], **kwargs) -> torch.optim.AdamW:
+    """``torch.optim.AdamW(params, **kwargs)`` whose update and state are float32 for every dtype.
+
+    A bfloat16 weight keeps 8 significant bits, so an update below about 2^-9 of the weight
+    rounds to nothing: at the learning rates unlearning uses (1e-5), AdamW stepping bfloat16
+    weights directly leaves most of them unchanged (measured on a tiny GPT-NeoX, 5 GA steps:
+    4% of the parameters changed in bfloat16, 85% in float32). Low-precision parameters
+    therefore get float32 master copies, the mixed-precision recipe of Micikevicius et al. 2018
+    ("Mixed Precision Training"): the optimizer and its state hold the copies; before each step
+    the model's gradients move onto them (in float32), after it the updated copies are rounded
+    back into the model. float32 parameters are optimized directly. Memory: 4 bytes per
+    low-precision parameter for its copy, and AdamW's two moments in float32.
+
+    The loop is the usual ``zero_grad(); loss.backward(); step()`` (a learning-rate schedule
+    attaches to the returned optimizer as to any other).
+    """
+    import torch
+
+    params = list(params)
+    pairs = [
+        (p, p.detach().float().clone().requires_grad_(True))
+        for p in params
+        if p.dtype in (torch.bfloat16, torch.float16)
+    ]
+    if not pairs:
+        return torch.optim.AdamW(params, **kwargs)
+    master = {id(p): m for p, m in pairs}
+    optimizer = torch.optim.AdamW([master.get(id(p), p) for p in params], **kwargs)
+
+    def grads_to_master(_optimizer, _args, _kwargs) -> None:
+        for p, m in pairs:
+            m.grad = None if p.grad is None else p.grad.float()
+            p.grad = None
+
+    @torch.no_grad()
+    def master_to_model(_optimizer, _args, _kwargs) -> None:
+        for p, m in pairs:
+            p.copy_(m)
+
+    optimizer.register_step_pre_hook(grads_to_master)
+    optimizer.register_step_post_hook(master_to_model)
+    return optimizer
+
+
 __all__ = [
+    "DEVICE_MAPS",
     "DTYPES",
+    "adamw",
     "add_runtime_args",
     "available_memory",
     "check_memory_fits",

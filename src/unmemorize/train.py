@@ -30,6 +30,7 @@ from transformers import PreTrainedModel
 from .data.base import TinyMemData
 from .io import atomic_dir, atomic_write_json, read_json
 from .metrics import evaluate_utility, measure_memorization
+from .runtime import adamw
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +341,7 @@ def train_on_batches(
         TrainingDivergedError: the loss became NaN or infinite.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
+    optimizer = adamw(params, lr=lr, weight_decay=weight_decay, betas=betas)
     device = next(model.parameters()).device
     model.train()
     losses: list[float] = []

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from ..runtime import adamw
 from ..train import sequence_losses
 from .base import (
     METHODS,
@@ -102,7 +103,7 @@ def finetune_rows_(
     params = list(model.parameters())  # deduplicates tied weights (GPT-2 wte / lm_head)
     for p in params:
         p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(
+    optimizer = adamw(
         params, lr=config.lr, weight_decay=config.weight_decay, betas=tuple(config.betas)
     )
     generator = torch.Generator().manual_seed(config.seed)

@@ -144,7 +144,7 @@ def forget_gradients(
     """
     device = model_device(model)
     params = [w.parameter for w in weights]
-    total = [torch.zeros_like(p) for p in params]
+    total = [torch.zeros_like(p, dtype=torch.float32) for p in params]  # bf16 sums lose batches
     loss_sum = 0.0
     for step, idx in enumerate(row_batches(data.n_forget, batch_size)):
         rows = sequence_losses(model, data.forget_ids[idx].to(device), data.pad_id)  # [B]
@@ -326,7 +326,7 @@ class Greedy(Method):
         """
         values, owners, flat_idx = [], [], []
         for index, (w, g) in enumerate(zip(weights, grads, strict=True)):
-            score = _rank_nonzero(w.parameter * g, w.parameter).flatten()  # [n]
+            score = _rank_nonzero(w.parameter.float() * g.float(), w.parameter).flatten()  # [n]
             top = torch.topk(score, min(k, score.numel()), sorted=False)
             values.append(top.values)
             flat_idx.append(top.indices)
