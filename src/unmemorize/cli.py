@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         help="comma-separated methods to run after training (default: all; 'none' skips them)",
     )
+    # TinyMem trains a fresh model in float32 (its results are float32 results): --device only
+    add_runtime_args(demo, dtype=False)
     _add_run_options(demo)
 
     tr = sub.add_parser(
@@ -96,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--variant", default="noise", help="noise | backdoor (default: %(default)s)")
     tr.add_argument("--out", required=True, help="output model directory")
+    add_runtime_args(tr, dtype=False)  # a fresh TinyMem model trains in float32
     _add_run_options(tr)
 
     me = sub.add_parser(
@@ -316,6 +319,7 @@ def _quiet_transformers() -> None:
 def cmd_demo(args) -> int:
     from .benchmarks.tinymem import run_demo
 
+    device = resolve_device(args.device)
     methods = None
     if args.methods is not None:
         methods = tuple(m.strip() for m in args.methods.split(",") if m.strip() and m != "none")
@@ -326,6 +330,7 @@ def cmd_demo(args) -> int:
         progress=not args.no_progress,
         overrides=tuple(args.overrides),
         methods=methods,
+        device=device,
     )
     b = summary["baseline"]
     print()
@@ -374,8 +379,11 @@ def format_method_table(rows, baseline: dict) -> str:
 def cmd_train(args) -> int:
     from .benchmarks.tinymem import make_experiment, train_experiment
 
+    device = resolve_device(args.device)
     exp = make_experiment(args.preset, args.task, args.variant, args.overrides)
-    run = train_experiment(exp, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    run = train_experiment(
+        exp, args.out, overwrite=args.overwrite, progress=not args.no_progress, device=device
+    )
     m = run.final
     print(
         f"trained {exp.preset}/{exp.task}/{exp.data.variant} for {exp.train.epochs} epochs "

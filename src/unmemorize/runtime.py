@@ -85,13 +85,19 @@ def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     return getattr(torch, name)
 
 
-def add_runtime_args(parser: argparse.ArgumentParser, what: str = "the model") -> None:
-    """Add ``--dtype`` and ``--device`` with the same names, choices and help everywhere."""
-    parser.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        help=f"weights dtype of {what} (default: float32; bfloat16 halves memory on a GPU)",
-    )
+def add_runtime_args(
+    parser: argparse.ArgumentParser, what: str = "the model", dtype: bool = True
+) -> None:
+    """Add ``--dtype`` and ``--device`` with the same names, choices and help everywhere.
+
+    ``dtype=False`` adds ``--device`` only (commands that train a fresh model in float32).
+    """
+    if dtype:
+        parser.add_argument(
+            "--dtype",
+            choices=DTYPES,
+            help=f"weights dtype of {what} (default: float32; bfloat16 halves memory on a GPU)",
+        )
     parser.add_argument(
         "--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)"
     )

@@ -196,6 +196,7 @@ def train(
     seconds_before = history[-1]["seconds"] if history else 0.0
     step = start_epoch * steps_per_epoch
     train_ids = data.train_ids
+    device = next(model.parameters()).device
     try:
         for epoch in range(start_epoch, cfg.epochs):
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
@@ -207,7 +208,7 @@ def train(
                     group["lr"] = lr_at(step)
                 if regularizer is not None:
                     regularizer.set_batch(idx)
-                per_seq = sequence_losses(model, train_ids[idx], data.pad_id)
+                per_seq = sequence_losses(model, train_ids[idx].to(device), data.pad_id)
                 loss = None if regularizer is None else regularizer.reduce(per_seq)
                 if loss is None:
                     loss = per_seq.mean()

@@ -42,6 +42,7 @@ from ..metrics.selection import best_per, rank, selection_score
 from ..metrics.utility import evaluate_utility
 from ..models import ModelConfig, build_model_for, count_parameters, load_model
 from ..registry import Registry, suggest
+from ..runtime import resolve_device
 from ..train import TrainConfig, evaluate, latest_checkpoint, train
 
 log = logging.getLogger(__name__)
@@ -240,6 +241,7 @@ def train_experiment(
     overwrite: bool = False,
     progress: bool = True,
     on_checkpoint: Callable[[dict], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> TrainedRun:
     """Build data and model, train (resuming an interrupted run in ``out``), save, and evaluate.
 
@@ -249,7 +251,9 @@ def train_experiment(
         overwrite: discard whatever ``out`` holds.
         progress: show a progress bar.
         on_checkpoint: called with each evaluation record (see :func:`unmemorize.train.train`).
+        device: where to train (``cpu``, ``cuda``, ``cuda:N``); the model stays there.
     """
+    device = resolve_device(device)
     out = Path(out)
     resuming = _prepare_run_dir(out, exp, overwrite)
     if resuming:
@@ -261,7 +265,7 @@ def train_experiment(
         data.save(out / "data")
         tokenizer.save_pretrained(out / "data")
         atomic_write_json(out / "experiment.json", exp.to_dict())
-    model = new_model(exp, tokenizer)
+    model = new_model(exp, tokenizer).to(device)
     log.info("model: %s, %d parameters", type(model).__name__, count_parameters(model))
     result = train(model, data, exp.train, out, progress=progress, on_checkpoint=on_checkpoint)
     _publish_model(result.model, tokenizer, out)
@@ -431,12 +435,14 @@ def run_demo(
     progress: bool = True,
     overrides: tuple[str, ...] = (),
     methods: tuple[str, ...] | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict:
     """The main job: cpu-mini data, train, measure, then every mitigation method; ``summary.json``.
 
     Args:
         methods: run only these methods (default: every method of :data:`DEMO_GRID`); an empty
             tuple skips unlearning.
+        device: where to train and unlearn (``cpu``, ``cuda``, ``cuda:N``).
 
     Returns:
         The summary: ``{"baseline": {...}, "methods": {name: {"memorized_fraction", "accuracy",
@@ -452,7 +458,7 @@ def run_demo(
     for name in names:
         METHODS.get(name)  # unknown names fail before any work
     prepare_output_dir(out, overwrite)
-    run = train_experiment(exp, out / "model", progress=progress)
+    run = train_experiment(exp, out / "model", progress=progress, device=device)
     summary: dict[str, Any] = {
         "experiment": exp.to_dict(),
         "model_dir": str(run.out),
