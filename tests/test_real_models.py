@@ -178,6 +178,7 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
 
 
 DTYPES = ["float32", "bfloat16"]
+STORED = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}  # safetensors dtype names
 
 
 def _dtype_args(dtype: str) -> list[str]:
@@ -200,7 +201,7 @@ def test_model_dir_reloads_in_the_asked_dtype(world, kind, dtype):
 
 
 @pytest.mark.parametrize("kind", FAMILIES)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", [*DTYPES, "float16"])
 def test_measure_finds_the_memorized_rows(world, kind, dtype, tmp_path, capsys):
     before = _digest(world.models[kind])
     report = tmp_path / "report.json"
@@ -256,6 +257,7 @@ UNLEARN_CASES = (
     + [("gpt_neox", "float32", m) for m in ("npo", "balanced_subnet")]
     + [("llama", "float32", m) for m in ("ga", "zero_out", "ssd")]
     + [("llama", "bfloat16", m) for m in ("npo", "balanced_subnet", "finetune_extra")]
+    + [("gpt_neox", "float16", "npo")]
 )
 
 
@@ -279,8 +281,7 @@ def test_unlearn_removes_the_memorized_rows(world, kind, dtype, method, tmp_path
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == [MODEL_CLASSES[kind].__name__]
     assert config["dtype"] == dtype
-    stored = {"float32": "F32", "bfloat16": "BF16"}[dtype]
-    assert _stored_dtypes(out) == {stored}
+    assert _stored_dtypes(out) == {STORED[dtype]}
     edited, _ = load_model(out, dtype=getattr(torch, dtype))
     assert type(edited) is MODEL_CLASSES[kind]
     assert {p.dtype for p in edited.parameters()} == {getattr(torch, dtype)}
@@ -311,7 +312,7 @@ def test_restor_runs_on_a_model_directory(world, kind, dtype, tmp_path, capsys):
     assert set(summary["methods"]) == {"ga"}
     corrupted, _ = load_model(out / "corrupted", dtype=getattr(torch, dtype))
     assert type(corrupted) is MODEL_CLASSES[kind]
-    assert _stored_dtypes(out / "corrupted") == {{"float32": "F32", "bfloat16": "BF16"}[dtype]}
+    assert _stored_dtypes(out / "corrupted") == {STORED[dtype]}
 
 
 # --------------------------------------------------------------------------- bad input
