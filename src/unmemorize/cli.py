@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .runtime import add_runtime_args, check_window, resolve_device, resolve_dtype
+from .runtime import DEVICE_MAPS, add_runtime_args, check_window, resolve_device, resolve_dtype
 
 EXAMPLES = """\
 examples:
@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="sequences per forward pass (halved automatically on out-of-memory)",
     )
     add_runtime_args(me)
+    me.add_argument(
+        "--device-map",
+        choices=DEVICE_MAPS,
+        help="shard one model's layers over every GPU, then the CPU (accelerate; for a model "
+        "larger than one GPU; replaces --device)",
+    )
     me.add_argument(
         "--generate",
         action="store_true",
@@ -402,13 +408,22 @@ def cmd_measure(args) -> int:
 
     from .benchmarks.tinymem import load_run
     from .data.sequences import read_sequences
+    from .distributed import is_main_process, launched_processes, run_sharded
     from .io import atomic_write_json
-    from .metrics import MemorizationReport, generate_memorized, memorized
+    from .metrics import MemorizationReport, generate_memorized, memorized_sharded
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be positive")
+    if args.device_map is not None and launched_processes() > 1:
+        raise UserError(
+            "--device-map spreads one model over every GPU; under a multi-process launch each "
+            "process loads its own copy: use one or the other"
+        )
     model, tokenizer, data = load_run(
-        args.model, dtype=resolve_dtype(args.dtype), device=resolve_device(args.device)
+        args.model,
+        dtype=resolve_dtype(args.dtype),
+        device=resolve_device(args.device),
+        device_map=args.device_map,
     )
     vocab = model.get_input_embeddings().weight.shape[0]
     t0 = time.perf_counter()
@@ -444,7 +459,8 @@ def cmd_measure(args) -> int:
             torch.zeros(len(ids), dtype=torch.long),
         )
         source = f"{len(ids)} sequences from {args.sequences}"
-    verdict = memorized(model, prompt, target, prefix, k, batch_size=args.batch_size)
+    # under `accelerate launch` each process judges every N-th row; verdicts merge in order
+    verdict = memorized_sharded(model, prompt, target, prefix, k, batch_size=args.batch_size)
     seconds = time.perf_counter() - t0
     report = MemorizationReport(verdict, candidate, group)
     result = report.to_dict()
@@ -461,9 +477,13 @@ def cmd_measure(args) -> int:
         for i, (v, c) in enumerate(zip(verdict.tolist(), candidate.tolist(), strict=True))
     ]
     if args.generate:
-        gen_verdict, score = generate_memorized(
-            model, prompt, target, prefix, k, batch_size=args.batch_size
-        )
+
+        def generate(rows):
+            return generate_memorized(
+                model, prompt[rows], target[rows], prefix[rows], k, batch_size=args.batch_size
+            )
+
+        gen_verdict, score = run_sharded(generate, len(target), args.device)
         agree = bool((gen_verdict == verdict).all())
         result["generate_agrees"] = agree
         result["mean_token_score"] = (
@@ -472,6 +492,8 @@ def cmd_measure(args) -> int:
         for row, s in zip(per_seq, score.tolist(), strict=True):
             row["token_score"] = s
     result["sequences"] = per_seq
+    if not is_main_process():
+        return 0  # rank 0 prints and writes
 
     print(f"measured {source} in {seconds:.2f} s")
     print(f"  {'sequences counted':<22}{result['n_candidates']:>8}")
@@ -510,6 +532,10 @@ def cmd_unlearn(args) -> int:
         dtype=resolve_dtype(args.dtype),
         device=resolve_device(args.device),
     )
+    from .distributed import is_main_process
+
+    if not is_main_process():
+        return 0  # under `accelerate launch`, rank 0 prints and writes
     before, after = record["before"], record["after"]
     res = record["result"]
     print(

@@ -35,7 +35,7 @@ from transformers import (
 
 from .io import atomic_dir, read_json
 from .registry import suggest
-from .runtime import check_memory_fits, resolve_device
+from .runtime import DEVICE_MAPS, check_memory_fits, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +190,14 @@ def load_model(
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
+    device_map: str | dict | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a local directory, never from a hub.
+
+    Args:
+        device_map: None places the whole model on ``device``; one of :data:`DEVICE_MAPS` (or a
+            ``{module: device}`` dict) lets accelerate shard the layers over every GPU, then
+            the CPU, for a model larger than one GPU (``device`` is then ignored).
 
     Raises:
         ModelDirError: missing directory, no config, only pickled weights, or a tokenizer whose
@@ -201,7 +207,10 @@ def load_model(
         ValueError: ``device`` is CUDA on a machine without it.
     """
     path = check_model_dir(path, trust_remote_code)
-    check_memory_fits(path, dtype, resolve_device(device))
+    if device_map is None:
+        check_memory_fits(path, dtype, resolve_device(device))
+    elif isinstance(device_map, str) and device_map not in DEVICE_MAPS:
+        raise ValueError(f"unknown device map {device_map!r}; use one of {', '.join(DEVICE_MAPS)}")
     tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
     if not any((path / name).is_file() for name in tokenizer_files):
         raise ModelDirError(
@@ -215,6 +224,7 @@ def load_model(
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
             dtype=dtype if dtype is not None else torch.float32,
+            **({} if device_map is None else {"device_map": device_map}),
         )
     except (OSError, ValueError, KeyError) as err:
         raise ModelDirError(
@@ -234,7 +244,8 @@ def load_model(
             f"tokenizer in {path} has {len(tokenizer)} tokens but the model embeds only {n_embed}; "
             "the tokenizer does not belong to this model"
         )
-    model.to(device)
+    if device_map is None:
+        model.to(device)
     model.eval()
     return model, tokenizer
 

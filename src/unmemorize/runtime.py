@@ -34,6 +34,10 @@ T = TypeVar("T")
 DTYPES = ("float32", "bfloat16", "float16")
 """``--dtype`` choices: the names of the torch dtypes."""
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential", "cpu")
+"""``--device-map`` choices: accelerate's placements of one model's layers over every GPU, then
+the CPU (``cpu``: all on the CPU through the same path)."""
+
 _SAFETENSORS_BYTES = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
     "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
@@ -46,10 +50,15 @@ EVAL_OVERHEAD = 1.2
 def resolve_device(device: str | torch.device) -> torch.device:
     """``cpu`` / ``cuda`` / ``cuda:N`` as a device, refusing CUDA where there is none.
 
+    Under a multi-process launch (``accelerate launch``), a bare ``cuda`` is this process's GPU,
+    ``cuda:LOCAL_RANK``.
+
     Raises:
         ValueError: an unknown device name, or CUDA asked for on a machine without it.
     """
     import torch
+
+    from .distributed import local_rank
 
     if isinstance(device, torch.device):
         dev = device
@@ -71,6 +80,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
                 f"--device {dev} does not exist: this machine has {torch.cuda.device_count()} "
                 "CUDA device(s), numbered from 0"
             )
+        if dev.index is None and local_rank() is not None:
+            dev = torch.device("cuda", local_rank() % torch.cuda.device_count())
     return dev
 
 
@@ -308,6 +319,7 @@ def adamw(params: Iterable[torch.nn.Parameter], **kwargs) -> torch.optim.AdamW:
 
 
 __all__ = [
+    "DEVICE_MAPS",
     "DTYPES",
     "adamw",
     "add_runtime_args",

@@ -30,9 +30,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .data.base import TinyMemData
 from .data.sequences import read_sequences
+from .distributed import is_main_process
 from .io import check_output_dir
 from .methods import METHODS, Method, NothingToUnlearnError, UnlearnData, build_method
-from .metrics.memorization import memorized
+from .metrics.memorization import memorized_sharded
 from .metrics.selection import selection_score
 from .metrics.utility import accuracy_and_perplexity
 from .mlp import MLPAdapter
@@ -129,7 +130,7 @@ def prepare(
     pad_id = None  # rows read from files are cut to P + K tokens: no padding
 
     def memorized_rows(m: PreTrainedModel) -> torch.Tensor:
-        return memorized(m, candidates, candidates, p, k, batch_size=batch_size)
+        return memorized_sharded(m, candidates, candidates, p, k, batch_size=batch_size)
 
     def evaluate(m: PreTrainedModel, verdict: torch.Tensor | None = None) -> dict:
         if verdict is None:
@@ -245,6 +246,8 @@ def unlearn(
         "seconds": time.perf_counter() - t0,
         "environment": environment(),
     }
+    if not is_main_process():
+        return record  # under `accelerate launch` every process holds the result; rank 0 writes
     extra_dirs = {}
     if setup.tinymem is not None and (Path(model_dir) / "data").is_dir():
         extra_dirs["data"] = Path(model_dir) / "data"

@@ -180,18 +180,9 @@ def corrupt_model(
     cfg.validate()
     model = copy.deepcopy(model)
     if cfg.mode == "lora":
-        from peft import LoraConfig, get_peft_model
+        from ..lora import add_lora
 
-        lora = LoraConfig(
-            r=cfg.lora_rank,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=0.0,
-            target_modules="all-linear",
-            task_type="CAUSAL_LM",
-            # GPT-2 stores its linear layers transposed (Conv1D)
-            fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2",
-        )
-        model = get_peft_model(model, lora)
+        model = add_lora(model, cfg.lora_rank, cfg.lora_alpha)
     rng = random.Random(cfg.seed * 1_000_003 + 23)
     per_epoch = math.ceil(len(docs) / cfg.docs_per_batch)
     steps = per_epoch * cfg.epochs
@@ -223,7 +214,9 @@ def corrupt_model(
         desc="corrupt",
     )
     if cfg.mode == "lora":
-        model = model.merge_and_unload()
+        from ..lora import merge_lora
+
+        model = merge_lora(model)
     model.eval()
     return model, losses
 

@@ -312,9 +312,10 @@ def load_run(
     path: str | Path,
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
+    device_map: str | dict | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, TinyMemData | None]:
     """Load a model directory and, when it was written by ``unmemorize train``, its data."""
-    model, tokenizer = load_model(path, dtype=dtype, device=device)
+    model, tokenizer = load_model(path, dtype=dtype, device=device, device_map=device_map)
     data_dir = Path(path) / "data"
     data = TinyMemData.load(data_dir) if (data_dir / "data.safetensors").is_file() else None
     return model, tokenizer, data

@@ -19,6 +19,7 @@ from .memorization import (
     generate_memorized,
     measure_memorization,
     memorized,
+    memorized_sharded,
 )
 from .utility import accuracy_and_perplexity, evaluate_utility
 
@@ -41,4 +42,5 @@ __all__ = [
     "generate_memorized",
     "measure_memorization",
     "memorized",
+    "memorized_sharded",
 ]

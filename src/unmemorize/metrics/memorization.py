@@ -20,6 +20,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..data.base import MemorizationSet
+from ..distributed import run_sharded
 from ..runtime import run_in_batches
 
 
@@ -78,6 +79,31 @@ def memorized(
         # a batch too large for the device is halved and retried, not a crash
         run_in_batches(check, len(rows), batch_size, what="memorization batch")
     return verdict
+
+
+def memorized_sharded(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    target_ids: torch.Tensor,
+    prefix_len: int | torch.Tensor,
+    suffix_len: int,
+    **kwargs,
+) -> torch.Tensor:
+    """:func:`memorized` split over the processes of a multi-process launch.
+
+    Under ``accelerate launch`` (or torchrun) with N processes, rank r judges rows ``r::N`` and
+    the verdicts are merged into the [M] tensor in the original order on every rank. Verdicts
+    are per row, so the result equals :func:`memorized`'s, which it is in one process.
+    """
+    m = len(target_ids)
+    prefix = _as_prefix_tensor(prefix_len, m)
+
+    def judge(rows: torch.Tensor) -> torch.Tensor:
+        return memorized(
+            model, prompt_ids[rows], target_ids[rows], prefix[rows], suffix_len, **kwargs
+        )
+
+    return run_sharded(judge, m, next(model.parameters()).device)
 
 
 def _check_batch(model, seq: torch.Tensor, p: int, k: int, check_every: int | None) -> torch.Tensor:
