@@ -7,6 +7,7 @@ User mistakes (missing files, bad options, unknown names, ...) end in one line o
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -34,6 +35,23 @@ class UserError(Exception):
     """An error in what the user asked for; printed as one line."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage mistakes reported like every other error: one line, exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"unmemorize: error: {message} (see `{self.prog} --help`)\n")
+
+
+#: OS errors that are the machine's state, not a bug: printed as one line saying what to do.
+_DISK_ERRORS = {
+    errno.ENOSPC: "disk full (no space left on device) writing {}; free some space or choose "
+    "an output on another disk",
+    errno.EDQUOT: "disk quota exceeded writing {}; free some space or choose an output on "
+    "another disk",
+    errno.EROFS: "read-only file system: cannot write {}; choose an output on a writable disk",
+}
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .methods.base import MethodDivergedError
     from .models import ModelDirError
@@ -45,6 +63,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         FileNotFoundError,
         FileExistsError,
         NotADirectoryError,
+        IsADirectoryError,
         PermissionError,
         ModelDirError,
         TrainingDivergedError,
@@ -54,7 +73,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="unmemorize",
         description="Find what a language model memorized, remove it, and prove the removal worked.",
         epilog=EXAMPLES,
@@ -254,7 +273,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_restor_stats_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="unmemorize restor stats",
         description="Print JSON counts of a RESTOR-format data set: entities, facts, relations, "
         "and per documents file the documents and their target entities (the people the "
@@ -269,11 +288,17 @@ def build_restor_stats_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:2] == ["restor", "stats"]:
-        args = build_restor_stats_parser().parse_args(argv[2:])
+        try:
+            args = build_restor_stats_parser().parse_args(argv[2:])
+        except SystemExit as done:  # --help, or a usage error already printed as one line
+            return done.code if isinstance(done.code, int) else 2
         args.command, args.verbose = "restor-stats", False
     else:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as done:
+            return done.code if isinstance(done.code, int) else 2
         if args.command is None:
             parser.print_help()
             return 2
@@ -312,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
         ):
             message = f"{message}: {err.filename}"
         print(f"unmemorize: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in _DISK_ERRORS:
+            raise
+        print(f"unmemorize: error: {_DISK_ERRORS[err.errno].format(err.filename)}", file=sys.stderr)
         return 2
 
 
@@ -419,6 +449,10 @@ def cmd_measure(args) -> int:
             "--device-map spreads one model over every GPU; under a multi-process launch each "
             "process loads its own copy: use one or the other"
         )
+    if args.json:
+        from .io import check_output_file
+
+        check_output_file(args.json, "--json")  # before the work, not after it
     model, tokenizer, data = load_run(
         args.model,
         dtype=resolve_dtype(args.dtype),

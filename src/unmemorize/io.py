@@ -45,15 +45,22 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+            _write_and_sync(f, text)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename is None:
+            err.filename = str(path)  # name the output, not the vanished temporary file
         raise
     _fsync_dir(path.parent)
+
+
+def _write_and_sync(f: Any, text: str) -> None:
+    """Write ``text`` to the open file ``f`` and force it to disk (a full disk raises here)."""
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -83,8 +90,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):  # name the output, not the vanished temporary directory
+            name = str(err.filename or "")
+            err.filename = path / name[len(str(tmp)) + 1 :] if name.startswith(str(tmp)) else path
         raise
     old = None
     if path.exists():
@@ -96,9 +106,42 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def check_output_dir(path: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing file, or a non-empty directory unless ``overwrite``; change nothing."""
+def check_writable(path: str | Path, what: str = "--out") -> Path:
+    """Refuse an output ``path`` that cannot be created: one under a regular file, or in a
+    directory the user may not write to. Changes nothing.
+
+    Raises:
+        NotADirectoryError: a parent of ``path`` is a file.
+        PermissionError: the nearest existing parent directory is not writable.
+    """
     path = Path(path)
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(
+            f"{what} {path} lies under a file ({parent}), not a directory; choose another path"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"cannot write to {parent} (permission denied); choose {what} in a directory you "
+            "can write to"
+        )
+    return path
+
+
+def check_output_file(path: str | Path, what: str = "--out") -> Path:
+    """Refuse a file output that is an existing directory or cannot be created; change nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a directory; name the file to write")
+    return check_writable(path, what)
+
+
+def check_output_dir(path: str | Path, overwrite: bool) -> Path:
+    """Refuse an existing file, a path that cannot be created (see :func:`check_writable`), or
+    a non-empty directory unless ``overwrite``; change nothing."""
+    path = check_writable(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"output {path} exists and is a file; choose another --out")
     if path.is_dir() and any(path.iterdir()) and not overwrite:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_dir, atomic_write_text
+from .io import atomic_dir, atomic_write_text, check_writable
 from .io import read_json as safe_read_json
 from .report_restor import restor_section
 from .report_sections import (
@@ -380,6 +380,7 @@ def build_report(dirs: list[Path], out: Path, *, progress: bool = False) -> Repo
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"report output {out} is a file; choose another --out")
+    check_writable(out / "report.html")
     inputs = find_inputs([Path(d) for d in dirs])
     sections = [
         build_section(i, path, kind, record)

@@ -105,6 +105,7 @@ def _check_every(value: str) -> int | None:
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
+    from ..io import check_output_file
     from ..mining import mine
     from ..models import load_model
     from ..runtime import resolve_device, resolve_dtype
@@ -112,10 +113,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
     check_every = _check_every(args.check_every)
     device = resolve_device(args.device)
     out, corpus = Path(args.out), Path(args.corpus)
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a directory; name the jsonl file to write")
-    if any(parent.exists() and not parent.is_dir() for parent in out.parents):
-        raise ValueError(f"--out {out} lies under a file, not a directory; choose another path")
+    check_output_file(out)  # a directory, a path under a file, or no write permission
     if out.exists() and corpus.exists() and out.resolve() == corpus.resolve():
         raise ValueError("--out must differ from --corpus: the corpus is never modified")
     model, tokenizer = load_model(args.model, dtype=resolve_dtype(args.dtype), device=device)
