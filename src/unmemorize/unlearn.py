@@ -12,7 +12,9 @@ The library behind ``unmemorize unlearn``. Two sources of sequences:
 The output directory is a loadable model directory plus ``run.json`` (method, config, before and
 after metrics, score, seconds, environment); for TinyMem runs the ``data/`` folder is copied too,
 so ``unmemorize measure --model OUT`` works on the edited model. It is written atomically and only
-after the method succeeded: a diverged method writes nothing.
+after the method succeeded: a diverged method writes nothing. Under ``accelerate launch`` every
+process runs (the gradient methods data-parallel, :mod:`unmemorize.methods.trainer`) and rank 0
+alone writes.
 """
 
 from __future__ import annotations
