@@ -16,8 +16,8 @@ from unmemorize.methods.subnet import (
     fixed_share_batches,
     init_scores,
     lowest_k_mask,
+    masked_weight,
     scheduled_lr,
-    straight_through_mask,
 )
 from unmemorize.mlp import MLPAdapter
 from unmemorize.train import evaluate, sequence_losses
@@ -46,10 +46,10 @@ def _data(n_forget: int = 4, n_retain: int = 16, t: int = 12) -> UnlearnData:
 # --------------------------------------------------------------------------- masks
 
 
-def test_straight_through_mask_drops_exactly_the_lowest_abs_scores() -> None:
+def test_masked_weight_drops_exactly_the_lowest_abs_scores() -> None:
     scores = torch.randn(7, 9, generator=torch.Generator().manual_seed(1))
     k = 10
-    mask = straight_through_mask(scores, k)
+    mask = masked_weight(torch.ones(7, 9), scores, k)
     lowest = scores.abs().flatten().argsort()[:k]
     flat = mask.detach().flatten()
     assert set(flat.unique().tolist()) == {0.0, 1.0}
@@ -68,7 +68,7 @@ def test_gradient_passes_straight_through_to_scores() -> None:
     g = torch.Generator().manual_seed(2)
     weight = torch.randn(6, 5, generator=g)
     scores = torch.randn(6, 5, generator=g, requires_grad=True)
-    (weight * straight_through_mask(scores, 12)).sum().backward()
+    masked_weight(weight, scores, 12).sum().backward()
     # dL/dM = W everywhere (dropped entries included), and d|S|/dS = sign(S).
     torch.testing.assert_close(scores.grad, weight * scores.detach().sign())
 

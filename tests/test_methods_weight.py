@@ -127,7 +127,7 @@ def test_per_row_gradients_match_one_backward_per_row(family: str) -> None:
     weights = adapter.weight_matrices()
     for w in weights:
         w.parameter.requires_grad_(True)
-    batched = per_row_gradients(model, adapter, weights, data.forget_ids, None)
+    batched = list(per_row_gradients(model, adapter, weights, data.forget_ids, None))
     for row in range(data.n_forget):
         ids = data.forget_ids[row : row + 1]
         single = mlp_grads(model, lambda mod, ids=ids: sequence_losses(mod, ids, None).sum())

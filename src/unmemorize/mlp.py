@@ -27,6 +27,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import ROUND_FLOOR, Decimal
 from typing import Literal
 
 import torch
@@ -49,6 +50,20 @@ SUPPORTED_LAYOUTS: dict[str, str] = {
 }
 
 ActivationHook = Callable[[nn.Module, torch.Tensor], "torch.Tensor | None"]
+
+
+def ratio_count(total: int, ratio: float) -> int:
+    """``floor(ratio · total)``: how many of ``total`` neurons or weights a ``ratio`` selects.
+
+    Computed on the decimal value of ``ratio`` as written (``repr``, the shortest decimal that
+    reads back as the same float), not on its binary approximation: ``int(100 * 0.29)`` is 28
+    because 0.29 is stored as 0.28999..., while "29% of 100 neurons" means 29. The count is
+    monotone in ``ratio`` and lies in ``[0, total]`` for ``ratio`` in ``[0, 1]``.
+    """
+    if total < 0:
+        raise ValueError(f"total must be non-negative, got {total}")
+    exact = Decimal(repr(float(ratio))) * int(total)
+    return int(exact.to_integral_value(rounding=ROUND_FLOOR))
 
 
 def _supported_text() -> str:
@@ -349,11 +364,13 @@ class MLPAdapter:
         """Output projection weight of layer ``index`` viewed [F, D] (shares storage)."""
         return in_out_view(self.layer(index).out_proj)
 
-    def weight_matrices(self) -> list[MLPWeight]:
-        """Every MLP weight matrix of the model, layer by layer (inputs first, then output)."""
+    def weight_matrices(self, layers: Sequence[int] | None = None) -> list[MLPWeight]:
+        """The MLP weight matrices of ``layers`` (None: every layer), layer by layer (inputs
+        first, then output)."""
         params = dict(self.model.named_parameters())
         result: list[MLPWeight] = []
-        for layer in self._layers:
+        chosen = self._layers if layers is None else [self.layer(i) for i in sorted(layers)]
+        for layer in chosen:
             for module, name in zip(layer.in_projs, layer.in_weight_names, strict=True):
                 result.append(
                     MLPWeight(name, params[name], not _is_conv1d(module), layer.index, "in")

@@ -35,9 +35,10 @@ from transformers import PreTrainedModel
 from ..config import parse_value
 from ..data.base import TinyMemData
 from ..metrics.memorization import MemorizationReport, measure_memorization
-from ..mlp import MLPAdapter
+from ..mlp import MLPAdapter, ratio_count
 from ..registry import Registry, suggest
 from ..train import sequence_losses
+from .selection import edited_layers
 
 logger = logging.getLogger(__name__)
 
@@ -290,7 +291,7 @@ class Method:
         for p in edited.parameters():
             p.requires_grad_(True)
         for name, param in edited.named_parameters():
-            if not torch.isfinite(param).all():
+            if not all_finite(param):
                 raise MethodDivergedError(
                     f"{self.name} produced non-finite weights in {name}; lower its learning "
                     "rate or ratio (nothing was written)"
@@ -409,6 +410,15 @@ def _type_hints(cls: type) -> dict[str, Any]:
 # --------------------------------------------------------------------------- shared helpers
 
 
+def all_finite(tensor: torch.Tensor, chunk: int = 1 << 22) -> bool:
+    """``torch.isfinite(tensor).all()``, a chunk at a time: the check's temporaries stay a few MB
+    (whole-tensor ``isfinite`` made a float and a bool copy of a model's largest matrix)."""
+    flat = tensor.detach().reshape(-1)
+    return all(
+        bool(torch.isfinite(flat[i : i + chunk]).all()) for i in range(0, flat.numel(), chunk)
+    )
+
+
 def check_ratio(ratio: float, what: str = "ratio") -> None:
     """Raise a clear error unless ``0 < ratio < 1``."""
     if not (isinstance(ratio, (int, float)) and 0 < ratio < 1):
@@ -476,10 +486,11 @@ def freeze(model: PreTrainedModel) -> None:
 class NeuronMethod(Method):
     """Neuron-level methods: score every MLP neuron, remove the top ``ratio`` of each layer.
 
-    Subclasses implement ``score(model, data, progress) -> list[Tensor [F]]`` (one per layer,
-    higher = more responsible for the memorized sequences). The edit, shared by all, removes
-    ``floor(F * ratio)`` neurons per layer through :meth:`MLPAdapter.zero_neurons_` (exact layer
-    matching; the original code's substring match hit layers 10-19 for layer 1).
+    Subclasses implement ``score(model, data, progress) -> list[Tensor [F]]`` (one per edited
+    layer, :meth:`layer_indices`; higher = more responsible for the memorized sequences). The
+    edit, shared by all, removes ``floor(F * ratio)`` neurons per edited layer through
+    :meth:`MLPAdapter.zero_neurons_` (exact layer matching; the original code's substring match
+    hit layers 10-19 for layer 1).
     """
 
     family = "neuron"
@@ -489,26 +500,39 @@ class NeuronMethod(Method):
     ) -> list[torch.Tensor]:
         raise NotImplementedError
 
+    def layer_indices(self, adapter: MLPAdapter) -> list[int]:
+        """The layers this method scores and edits (config ``layers``; default every layer)."""
+        return edited_layers(adapter, getattr(self.config, "layers", None))
+
     def run(self, model: PreTrainedModel, data: UnlearnData, progress: bool) -> Edit:
         adapter = MLPAdapter(model)
+        layers = self.layer_indices(adapter)
         scores = self.score(model, data, progress)
-        removed = remove_top_neurons_(adapter, scores, self.config.ratio)
-        return Edit(removed, adapter.neuron_count(), "neurons", info={"neurons_removed": removed})
+        removed = remove_top_neurons_(adapter, scores, self.config.ratio, layers)
+        total = sum(adapter.layer(i).width for i in layers)
+        return Edit(removed, total, "neurons", info={"neurons_removed": removed})
 
 
 @torch.no_grad()
-def remove_top_neurons_(adapter: MLPAdapter, scores: Sequence[torch.Tensor], ratio: float) -> int:
-    """Remove the ``floor(F * ratio)`` highest-scoring neurons of every layer; return the count."""
-    if len(scores) != adapter.n_layers:
-        raise ValueError(f"expected {adapter.n_layers} score vectors, got {len(scores)}")
+def remove_top_neurons_(
+    adapter: MLPAdapter,
+    scores: Sequence[torch.Tensor],
+    ratio: float,
+    layers: Sequence[int] | None = None,
+) -> int:
+    """Remove the ``floor(F * ratio)`` highest-scoring neurons of each of ``layers`` (None: every
+    layer; ``scores`` holds one vector per layer, in that order); return the count."""
+    layers = list(range(adapter.n_layers)) if layers is None else list(layers)
+    if len(scores) != len(layers):
+        raise ValueError(f"expected {len(layers)} score vectors, got {len(scores)}")
     removed = 0
-    for index, layer_scores in enumerate(scores):
+    for index, layer_scores in zip(layers, scores, strict=True):
         width = adapter.layer(index).width
         if layer_scores.shape != (width,):
             raise ValueError(f"layer {index} scores have shape {tuple(layer_scores.shape)}")
         if not torch.isfinite(layer_scores).all():
             raise MethodDivergedError(f"neuron scores of layer {index} are not finite")
-        k = int(width * ratio)
+        k = ratio_count(width, ratio)
         if k == 0:
             continue
         top = torch.topk(layer_scores.float(), k).indices
@@ -526,6 +550,7 @@ __all__ = [
     "NothingToUnlearnError",
     "UnlearnData",
     "UnlearnResult",
+    "all_finite",
     "artifact_rows",
     "build_method",
     "check_finite_loss",

@@ -44,6 +44,7 @@ from .base import (
     model_device,
     row_batches,
 )
+from .selection import LayersConfig
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ def _row_subset(n: int, max_rows: int | None, seed: int) -> torch.Tensor:
 def _validate(cfg: object, positive: tuple[str, ...], nonnegative: tuple[str, ...] = ()) -> None:
     """Shared config checks: ``ratio`` in (0, 1), the named fields > 0 (or None), >= 0."""
     check_ratio(cfg.ratio)  # type: ignore[attr-defined]
+    cfg.validate_layers()  # type: ignore[attr-defined]
     for key in positive:
         if getattr(cfg, key) is not None:
             check_positive(getattr(cfg, key), key)
@@ -148,15 +150,15 @@ def _validate(cfg: object, positive: tuple[str, ...], nonnegative: tuple[str, ..
             raise ValueError(f"{key} must be >= 0, got {getattr(cfg, key)}")
 
 
-def _widths(adapter: MLPAdapter) -> list[int]:
-    return [layer.width for layer in adapter.layers]
+def _widths(adapter: MLPAdapter, layers: list[int]) -> list[int]:
+    return [adapter.layer(i).width for i in layers]
 
 
 # --------------------------------------------------------------------------- Zero-Out
 
 
 @dataclass
-class ZeroOutConfig:
+class ZeroOutConfig(LayersConfig):
     """Zero-Out settings (spec §7.2.1; the paper's TinyMem runs used ratios 0.1-5%)."""
 
     ratio: float = 0.05
@@ -199,6 +201,7 @@ class ZeroOut(NeuronMethod):
         adapter = MLPAdapter(model)
         device = model_device(model)
         runner = _CopyRunner(model, adapter)
+        layers = self.layer_indices(adapter)
         rows = data.forget_ids[_row_subset(data.n_forget, cfg.max_rows, cfg.seed)]
         base = torch.cat(
             [
@@ -206,10 +209,12 @@ class ZeroOut(NeuronMethod):
                 for idx in row_batches(len(rows), cfg.batch_size)
             ]
         ).double()  # [U]
-        sums = [torch.zeros(w, dtype=torch.float64, device=device) for w in _widths(adapter)]
+        sums = [
+            torch.zeros(w, dtype=torch.float64, device=device) for w in _widths(adapter, layers)
+        ]
         for u in _progress(range(len(rows)), progress, "zero_out", len(rows)):
             ids = rows[u : u + 1].to(device)  # [1, T]
-            for layer in range(adapter.n_layers):
+            for li, layer in enumerate(layers):
                 width = adapter.layer(layer).width
                 for start in range(0, width, cfg.batch_size):
                     neurons = torch.arange(start, min(width, start + cfg.batch_size), device=device)
@@ -220,7 +225,7 @@ class ZeroOut(NeuronMethod):
                         return acts * mask[:, None, :].to(acts.dtype)  # [C, T, F]
 
                     logits = runner.logits(ids[:, :-1], layer, len(neurons), ablate)
-                    sums[layer][neurons] += _copy_losses(logits, ids[0, 1:], data.pad_id).double()
+                    sums[li][neurons] += _copy_losses(logits, ids[0, 1:], data.pad_id).double()
         mean_base = base.mean()
         return [(s / len(rows) - mean_base).float().cpu() for s in sums]
 
@@ -229,7 +234,7 @@ class ZeroOut(NeuronMethod):
 
 
 @dataclass
-class ActivationsConfig:
+class ActivationsConfig(LayersConfig):
     """Activations settings (spec §7.2.2; the paper's best runs removed 5% of neurons)."""
 
     ratio: float = 0.05
@@ -262,21 +267,24 @@ class Activations(NeuronMethod):
     def score(self, model: PreTrainedModel, data: UnlearnData, progress: bool) -> Scores:
         adapter = MLPAdapter(model)
         device = model_device(model)
+        layers = self.layer_indices(adapter)
         mask = data.continuation_mask()  # [U, T-1]
         count = int(mask.sum())
         if count == 0:
             raise ValueError("activations: no continuation positions to score (prompt covers rows)")
-        sums = [torch.zeros(w, dtype=torch.float64, device=device) for w in _widths(adapter)]
+        sums = [
+            torch.zeros(w, dtype=torch.float64, device=device) for w in _widths(adapter, layers)
+        ]
         batches = list(row_batches(data.n_forget, self.config.batch_size))
-        with adapter.capture_activations() as acts:
+        with adapter.capture_activations(layers) as acts:
             for idx in _progress(batches, progress, "activations", len(batches)):
                 model(input_ids=data.forget_ids[idx, :-1].to(device), use_cache=False)
                 m = mask[idx].to(device=device, dtype=torch.float64)  # [B, T-1]
-                for layer in range(adapter.n_layers):
-                    sums[layer] += torch.einsum("btf,bt->f", acts[layer].abs().double(), m)
+                for li, layer in enumerate(layers):
+                    sums[li] += torch.einsum("btf,bt->f", acts[layer].abs().double(), m)
         return [
             (s / count * adapter.out_weight(i).double().norm(dim=1)).float().cpu()
-            for i, s in enumerate(sums)
+            for i, s in zip(layers, sums, strict=True)
         ]
 
 
@@ -352,14 +360,16 @@ class _GatedMethod(NeuronMethod):
         cfg = self.config
         adapter = MLPAdapter(model)
         device = model_device(model)
-        gates = self.Gates(_widths(adapter), device, cfg)
+        layers = self.layer_indices(adapter)
+        gates = self.Gates(_widths(adapter, layers), device, cfg)
         freeze(model)
         optimizer = torch.optim.Adam(gates.params, lr=cfg.lr)
         losses: list[float] = []
         step, stopped = 0, False
         for _ in _progress(range(cfg.epochs), progress, self.name, cfg.epochs):
             for idx in row_batches(data.n_forget, cfg.batch_size or data.n_forget):
-                with adapter.neuron_mask(gates.masks()):
+                masks = {layers[i]: mask for i, mask in gates.masks().items()}
+                with adapter.neuron_mask(masks):
                     rows = data.forget_ids[idx].to(device)
                     ce = sequence_losses(model, rows, data.pad_id).mean()
                 penalty = gates.penalty()
@@ -384,7 +394,7 @@ class _GatedMethod(NeuronMethod):
 
 
 @dataclass
-class SlimmingConfig:
+class SlimmingConfig(LayersConfig):
     """Slimming settings (spec §7.2.3: lambda 1000, stop 0.1, lr 0.1)."""
 
     ratio: float = 0.05
@@ -431,7 +441,7 @@ class Slimming(_GatedMethod):
 
 
 @dataclass
-class HardConcreteConfig:
+class HardConcreteConfig(LayersConfig):
     """HardConcrete settings (spec §7.2.4: mask_p 0.5, beta 2/3, (l, r) = (-0.1, 1.1))."""
 
     ratio: float = 0.05
@@ -489,7 +499,7 @@ class HardConcrete(_GatedMethod):
 
 
 @dataclass
-class IntegratedGradientsConfig:
+class IntegratedGradientsConfig(LayersConfig):
     """Integrated-gradients settings (spec §7.2.5; the paper swept ig_steps {1, 10, 20})."""
 
     ratio: float = 0.05
@@ -537,10 +547,13 @@ class IntegratedGradients(NeuronMethod):
         adapter = MLPAdapter(model)
         device = model_device(model)
         runner = _CopyRunner(model, adapter)
+        layers = self.layer_indices(adapter)
         freeze(model)  # gradients flow to the scaled activations only
         keep = _row_subset(data.n_forget, cfg.max_rows, cfg.seed)
         rows, mask = data.forget_ids[keep], data.continuation_mask()[keep]  # [U, T], [U, T-1]
-        scores = [torch.zeros(w, dtype=torch.float64, device=device) for w in _widths(adapter)]
+        scores = [
+            torch.zeros(w, dtype=torch.float64, device=device) for w in _widths(adapter, layers)
+        ]
         alphas = torch.arange(1, m + 1, device=device, dtype=torch.float32) / m  # [m]
         with torch.enable_grad():
             for u in _progress(range(len(rows)), progress, self.name, len(rows)):
@@ -551,12 +564,12 @@ class IntegratedGradients(NeuronMethod):
                 # Copies ordered position-major, so a chunk needs only the row up to its last t.
                 t_all = positions.repeat_interleave(m)  # [n_t * m]
                 a_all = alphas.repeat(len(positions))  # [n_t * m]
-                for layer in range(adapter.n_layers):
+                for li, layer in enumerate(layers):
                     for start in range(0, len(t_all), cfg.batch_size):
                         t_idx = t_all[start : start + cfg.batch_size]
                         alpha = a_all[start : start + cfg.batch_size]
                         contrib = _ig_chunk(runner, ids, layer, t_idx, alpha)  # [F]
-                        scores[layer] += contrib / (m * len(positions))
+                        scores[li] += contrib / (m * len(positions))
         return [s.float().cpu() for s in scores]
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from ..mlp import MLPAdapter
-from .base import METHODS, Edit, Method, UnlearnData, model_device, row_batches
+from .base import METHODS, Edit, Method, UnlearnData, freeze, model_device, row_batches
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,9 @@ class SSDConfig:
     """Consider only the MLP weight matrices (bounds memory on big models); False = every
     parameter, as in the paper."""
     importance_dtype: str = "float32"
-    """dtype of the two importance buffers: float32 or bfloat16 (halves their memory)."""
+    """dtype of the two importance buffers: float32 or bfloat16 (halves their memory, but sums
+    of squared gradients rounded to 3 significant digits move entries across the I_f > α I_D
+    line, so the selection can differ from float32's)."""
     importance_device: str = "auto"
     """Where the importance buffers live: auto (next to each parameter) or cpu."""
 
@@ -95,6 +97,10 @@ def importance(
     ``I[p] = (1/K) Σ_k (∂ L_k / ∂p)²`` with ``L_k = next_token_ce`` of the k-th of the K
     consecutive (unshuffled) batches of ``ids`` [N, T]. The model should be in eval mode.
 
+    Each parameter's gradient is squared into its buffer by a post-accumulate-grad hook as soon
+    as the backward pass produces it, then dropped, so the gradients of all ``params`` never
+    exist at once (``autograd.grad`` returned them all together: one more copy of the model).
+
     Returns:
         One buffer per parameter, of the parameter's shape, in ``dtype``, on the parameter's
         device (``device="auto"``) or on the CPU.
@@ -106,19 +112,34 @@ def importance(
     ]
     for p in params:
         p.requires_grad_(True)
+        p.grad = None
+
+    def square_into(buf: torch.Tensor):
+        def hook(param: torch.Tensor) -> None:
+            square = param.grad.float().square_()  # in place: the gradient is dropped next
+            buf.add_(square.to(device=buf.device, dtype=buf.dtype))
+            param.grad = None
+
+        return hook
+
     batches = list(row_batches(len(ids), batch_size))
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=desc, unit="batch")
-    for idx in batches:
-        loss = next_token_ce(model, ids[idx].to(run_device), pad_id)
-        # autograd.grad leaves .grad untouched, so nothing carries over between batches and only
-        # the paths to ``params`` are differentiated.
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        for buf, grad in zip(buffers, grads, strict=True):
-            if grad is not None:
-                buf.add_(grad.float().square().to(device=buf.device, dtype=buf.dtype))
+    handles = [
+        p.register_post_accumulate_grad_hook(square_into(b))
+        for p, b in zip(params, buffers, strict=True)
+    ]
+    try:
+        for idx in batches:
+            loss = next_token_ce(model, ids[idx].to(run_device), pad_id)
+            # Each hook clears its .grad, so nothing carries over between batches; a parameter
+            # the loss does not reach gets no hook call and adds nothing.
+            loss.backward()
+    finally:
+        for handle in handles:
+            handle.remove()
     for buf in buffers:
         buf.div_(max(1, len(batches)))
     return buffers
@@ -197,6 +218,7 @@ class SSD(Method):
                 data.n_forget,
             )
         dtype = IMPORTANCE_DTYPES[cfg.importance_dtype]
+        freeze(model)  # gradients (and backward passes) only for the parameters considered
         model.eval()  # as in the paper: importance without dropout
         common = dict(dtype=dtype, device=cfg.importance_device, progress=progress)
         forget_imp = importance(

@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from transformers import PreTrainedModel
 
-from ..mlp import MaskStats, MLPAdapter, MLPWeight
+from ..mlp import MaskStats, MLPAdapter, MLPWeight, ratio_count
 from ..train import sequence_losses
 from .base import (
     METHODS,
@@ -55,6 +55,7 @@ from .base import (
     model_device,
     row_batches,
 )
+from .selection import LayersConfig, edited_layers
 
 logger = logging.getLogger(__name__)
 
@@ -72,29 +73,48 @@ Batch = tuple[torch.Tensor, torch.Tensor]  # (ids [B, T], is_forget [B] bool)
 
 
 def lowest_k_mask(magnitude: torch.Tensor, k: int) -> torch.Tensor:
-    """Float mask of ``magnitude``'s shape: 0 at its ``k`` smallest entries, 1 elsewhere.
+    """Bool keep-mask of ``magnitude``'s shape: False at its ``k`` smallest entries, True elsewhere.
 
     Exactly ``k`` entries are dropped, ties broken by ``topk`` (a threshold would drop every
-    tied entry and miss the count).
+    tied entry and miss the count). Bool: one byte per weight, not a float mask's four.
     """
-    mask = torch.ones_like(magnitude)
+    keep = torch.ones_like(magnitude, dtype=torch.bool)
     if k > 0:
         drop = torch.topk(magnitude.detach().flatten(), k, largest=False, sorted=False).indices
-        mask.view(-1)[drop] = 0.0
-    return mask
+        keep.view(-1)[drop] = False
+    return keep
 
 
-def straight_through_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Edge-popup's GetSubnet: the hard mask of :func:`lowest_k_mask` on ``|scores|``.
+class _MaskedWeight(torch.autograd.Function):
+    """``W * GetSubnet(|S|)`` with edge-popup's straight-through gradient (see masked_weight)."""
 
-    The forward value is exactly the 0/1 mask; the gradient passes straight through to
-    ``|scores|`` (edge-popup's backward returns the incoming gradient unchanged), so
-    ``dL/dS = dL/dM * sign(S)``.
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:
+        keep = lowest_k_mask(scores.detach().abs(), k)
+        ctx.save_for_backward(weight, scores, keep)
+        return weight * keep
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        weight, scores, keep = ctx.saved_tensors
+        grad_weight = grad * keep if ctx.needs_input_grad[0] else None
+        grad_scores = None
+        if ctx.needs_input_grad[1]:
+            # dL/dM = dL/dW' * W (in W's dtype), straight through to |S|, times d|S|/dS = sign(S).
+            grad_scores = (grad * weight).to(scores.dtype) * scores.sgn()
+        return grad_weight, grad_scores, None
+
+
+def masked_weight(weight: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Edge-popup's masked weight ``W * M``, M = :func:`lowest_k_mask` of ``|scores|``.
+
+    The forward value is exactly ``W`` with its ``k`` lowest-``|S|`` entries zeroed; the gradient
+    passes straight through the hard mask to ``|scores|`` (edge-popup's backward returns the
+    incoming gradient unchanged), so ``dL/dS = dL/dM * sign(S)`` with ``dL/dM = dL/dW' * W``.
+    Only a bool mask is kept for the backward pass (autograd through ``hard + (|S| - |S|)``
+    kept float masks and made four float temporaries per weight each forward pass).
     """
-    magnitude = scores.abs()
-    hard = lowest_k_mask(magnitude, k)
-    # hard + (m - m) is bit-exactly hard in the forward pass and has gradient 1 w.r.t. m.
-    return hard + (magnitude - magnitude.detach())
+    return _MaskedWeight.apply(weight, scores, k)
 
 
 class _EdgePopupMask(nn.Module):
@@ -106,7 +126,7 @@ class _EdgePopupMask(nn.Module):
         self.k = k
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * straight_through_mask(self.scores, self.k).to(weight.dtype)
+        return masked_weight(weight, self.scores, self.k)
 
 
 def init_scores(weight: MLPWeight, generator: torch.Generator) -> torch.Tensor:
@@ -157,7 +177,7 @@ def bake_masks_(
     for weight in adapter.weight_matrices():
         if weight.name not in scores:
             continue
-        keep = lowest_k_mask(scores[weight.name].detach().abs(), ks[weight.name]).bool()
+        keep = lowest_k_mask(scores[weight.name].detach().abs(), ks[weight.name])
         masks[weight.name] = keep.T if weight.transposed else keep  # [in, out]
     return adapter.apply_weight_masks_(masks)
 
@@ -224,7 +244,8 @@ def train_edge_popup(
     name: str,
     retain_weight: float,
 ) -> Edit:
-    """Learn edge-popup masks on every MLP matrix of ``model`` and bake them in (in place).
+    """Learn edge-popup masks on the MLP matrices of the edited layers (``config.layers``;
+    None: every layer) of ``model`` and bake them in (in place).
 
     Args:
         model: the private copy to edit.
@@ -242,9 +263,11 @@ def train_edge_popup(
     adapter = MLPAdapter(model)
     device = model_device(model)
     generator = torch.Generator().manual_seed(config.seed)
-    matrices = adapter.weight_matrices()
+    # Scores (and their SGD momentum) for the edited layers only; they stay float32: SGD steps of
+    # lr * grad are often below a bfloat16 score's resolution and would be rounded away.
+    matrices = adapter.weight_matrices(edited_layers(adapter, config.layers))
     scores = {w.name: nn.Parameter(init_scores(w, generator)) for w in matrices}
-    ks = {w.name: int(w.parameter.numel() * config.ratio) for w in matrices}
+    ks = {w.name: ratio_count(w.parameter.numel(), config.ratio) for w in matrices}
     optimizer = torch.optim.SGD(
         list(scores.values()),
         lr=config.lr,
@@ -272,14 +295,15 @@ def train_edge_popup(
             logger.debug("%s epoch %d: loss %.4f", name, epoch, losses[-1] if losses else 0.0)
     stats = bake_masks_(model, scores, ks)
     info = {"steps": len(losses), "weights_zeroed": stats.changed}
-    return Edit(stats.changed, stats.total, "mlp_weights", losses, info)
+    total = sum(w.parameter.numel() for w in matrices)
+    return Edit(stats.changed, total, "mlp_weights", losses, info)
 
 
 # --------------------------------------------------------------------------- methods
 
 
 @dataclass
-class SubnetConfig:
+class SubnetConfig(LayersConfig):
     """Settings of :class:`Subnet`; differences from the original are argued per field.
 
     Demo model (39 memorized, 92.71% accuracy), seeds 0-2: these defaults leave 3-6 memorized
@@ -310,7 +334,7 @@ class SubnetConfig:
 
 
 @dataclass
-class BalancedSubnetConfig:
+class BalancedSubnetConfig(LayersConfig):
     """Settings of :class:`BalancedSubnet`; differences from the original are argued per field.
 
     Demo model (39 memorized, 92.71% accuracy), seeds 0-4: these defaults leave 0, 1, 0, 0, 0
@@ -360,6 +384,7 @@ class BalancedSubnetConfig:
 
 
 def _validate_training(config: SubnetConfig | BalancedSubnetConfig) -> None:
+    config.validate_layers()
     if not isinstance(config.epochs, int) or config.epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {config.epochs}")
     if not isinstance(config.batch_size, int) or config.batch_size < 1:

@@ -27,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from ..mlp import MLPAdapter, MLPWeight
+from ..mlp import MLPAdapter, MLPWeight, ratio_count
 from ..train import sequence_losses
 from .base import (
     METHODS,
@@ -42,6 +42,7 @@ from .base import (
     model_device,
     row_batches,
 )
+from .selection import LayersConfig, edited_layers, top_k_masks
 
 logger = logging.getLogger(__name__)
 
@@ -51,39 +52,35 @@ PAPER = "Sakarvadia et al. 2025, Mitigating Memorization in Language Models (arX
 # --------------------------------------------------------------------------- shared helpers
 
 
-def _trainable_mlp_weights(model: PreTrainedModel) -> tuple[MLPAdapter, list[MLPWeight]]:
-    """Freeze everything but the MLP weight matrices (the only gradients any method needs)."""
+def _trainable_mlp_weights(
+    model: PreTrainedModel, layers: Sequence[int] | None
+) -> tuple[MLPAdapter, list[MLPWeight]]:
+    """Freeze everything but the MLP weight matrices of the edited ``layers`` (None: all).
+
+    These are the only gradients any method needs; with the lower layers frozen, backward passes
+    stop at the lowest edited layer.
+    """
     adapter = MLPAdapter(model)
-    weights = adapter.weight_matrices()
+    weights = adapter.weight_matrices(edited_layers(adapter, layers))
     freeze(model)
     for w in weights:
         w.parameter.requires_grad_(True)
     return adapter, weights
 
 
-def _inout_mask(w: MLPWeight, drop: torch.Tensor) -> torch.Tensor:
-    """[in, out] bool keep-mask of ``w`` from flat indices ``drop`` into its storage layout."""
-    keep = torch.ones_like(w.parameter, dtype=torch.bool)
-    keep.view(-1)[drop.to(keep.device)] = False
+def _inout_keep(w: MLPWeight, drop: torch.Tensor) -> torch.Tensor:
+    """[in, out] bool keep-mask of ``w`` from a bool ``drop`` mask in its storage layout."""
+    keep = drop.logical_not_()
     return keep.T if w.transposed else keep
 
 
-def _rank_nonzero(score: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``score`` as float with already-zero weights at -inf (zeroing them would change nothing)."""
-    return score.float().masked_fill(weight == 0, -math.inf)
+def _rank_nonzero_(score: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``score`` with already-zero weights set to -inf in place (zeroing them changes nothing).
 
-
-def _top_finite(flat: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the ``k`` largest finite entries of ``flat`` (fewer if fewer are finite).
-
-    ``torch.topk`` breaks ties, so the count is exact (a ``>= kth value`` threshold would take
-    every tied entry).
+    The score keeps its dtype: ranking bfloat16 scores as bfloat16 picks exactly what ranking
+    their (exact) float32 casts would, since :func:`top_k_masks` breaks ties by position.
     """
-    k = min(k, flat.numel())
-    if k <= 0:
-        return torch.zeros(0, dtype=torch.long, device=flat.device)
-    top = torch.topk(flat, k, sorted=False)
-    return top.indices[torch.isfinite(top.values)]
+    return score.masked_fill_(weight == 0, -math.inf)
 
 
 def zero_top_per_matrix(
@@ -92,21 +89,22 @@ def zero_top_per_matrix(
     """Zero the ``floor(ratio * numel)`` highest-scoring nonzero entries of every matrix.
 
     Args:
-        scores: one score tensor per matrix, in its storage layout (the parameter's shape).
+        scores: one score tensor per matrix, in its storage layout (the parameter's shape);
+            overwritten (ranked in place), so pass buffers the caller no longer needs.
 
     Returns:
         The number of weights zeroed.
     """
-    masks = {}
+    changed = 0
     for w, score in zip(weights, scores, strict=True):
-        k = int(w.parameter.numel() * ratio)
-        drop = _top_finite(_rank_nonzero(score, w.parameter).flatten(), k)
-        if len(drop) < k:
+        k = ratio_count(w.parameter.numel(), ratio)
+        (drop,) = top_k_masks([_rank_nonzero_(score, w.parameter)], k)
+        if int(drop.sum()) < k:
             logger.warning(
-                "%s has only %d nonzero weights left to zero, not %d", w.name, len(drop), k
+                "%s has only %d nonzero weights left to zero, not %d", w.name, int(drop.sum()), k
             )
-        masks[w.name] = _inout_mask(w, drop)
-    return adapter.apply_weight_masks_(masks).changed
+        changed += adapter.apply_weight_masks_({w.name: _inout_keep(w, drop)}).changed
+    return changed
 
 
 def zero_top_global(
@@ -114,20 +112,16 @@ def zero_top_global(
 ) -> int:
     """Zero the ``k`` highest-scoring nonzero entries over all matrices together (one ranking).
 
-    One flat score vector and one ``torch.topk``; the flat indices are split back per matrix.
+    :func:`top_k_masks` ranks the matrices together without concatenating their scores (the
+    flat float32 copy this used to make was 4 bytes per MLP weight on top of the scores).
+    ``scores`` are overwritten (ranked in place).
     """
-    flat = torch.cat(
-        [_rank_nonzero(s, w.parameter).flatten() for w, s in zip(weights, scores, strict=True)]
-    )
-    drop = _top_finite(flat, k)
-    if len(drop) < k:
-        logger.warning("only %d nonzero MLP weights left to zero, not %d", len(drop), k)
-    keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
-    keep[drop] = False
-    masks = {}
-    for w, part in zip(weights, keep.split([w.parameter.numel() for w in weights]), strict=True):
-        part = part.view_as(w.parameter)
-        masks[w.name] = part.T if w.transposed else part
+    ranked = [_rank_nonzero_(s, w.parameter) for w, s in zip(weights, scores, strict=True)]
+    drops = top_k_masks(ranked, k)
+    chosen = sum(int(d.sum()) for d in drops)
+    if chosen < k:
+        logger.warning("only %d nonzero MLP weights left to zero, not %d", chosen, k)
+    masks = {w.name: _inout_keep(w, d) for w, d in zip(weights, drops, strict=True)}
     return adapter.apply_weight_masks_(masks).changed
 
 
@@ -144,13 +138,21 @@ def forget_gradients(
     """
     device = model_device(model)
     params = [w.parameter for w in weights]
-    total = [torch.zeros_like(p, dtype=torch.float32) for p in params]  # bf16 sums lose batches
+    batches = list(row_batches(data.n_forget, batch_size))
+    total: list[torch.Tensor] = []
     loss_sum = 0.0
-    for step, idx in enumerate(row_batches(data.n_forget, batch_size)):
+    for step, idx in enumerate(batches):
         rows = sequence_losses(model, data.forget_ids[idx].to(device), data.pad_id)  # [B]
         loss = rows.sum() / data.n_forget
         loss_sum += check_finite_loss(loss, "forget gradient", step)
-        for acc, grad in zip(total, torch.autograd.grad(loss, params), strict=True):
+        grads = torch.autograd.grad(loss, params)
+        if len(batches) == 1:
+            # One batch: its gradients are the result, in the parameters' dtype (a float32
+            # accumulator would hold the same values at twice a bfloat16 model's size).
+            return list(grads), loss_sum
+        if not total:  # float32 accumulators: bfloat16 sums lose batches
+            total = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        for acc, grad in zip(total, grads, strict=True):
             acc += grad
     return total, loss_sum
 
@@ -159,7 +161,7 @@ def forget_gradients(
 
 
 @dataclass
-class DurableConfig:
+class DurableConfig(LayersConfig):
     """Durable / Durable-Aggregate settings (spec §7.3; the paper's best ratios were 1e-4..1e-2
     on Pythia and 1-5% on TinyMem)."""
 
@@ -171,6 +173,7 @@ class DurableConfig:
     def validate(self) -> None:
         check_ratio(self.ratio)
         check_positive(self.batch_size, "batch_size")
+        self.validate_layers()
 
 
 @METHODS.register("durable")
@@ -194,12 +197,13 @@ class Durable(Method):
 
     def run(self, model: PreTrainedModel, data: UnlearnData, progress: bool) -> Edit:
         cfg = self.config
-        adapter, weights = _trainable_mlp_weights(model)
+        adapter, weights = _trainable_mlp_weights(model, cfg.layers)
         grads, forget_loss = forget_gradients(model, weights, data, cfg.batch_size)
-        scores = [g.abs() for g in grads]
+        scores = [g.abs_() for g in grads]  # in place: the gradients are not needed after
+        del grads
         total = sum(w.parameter.numel() for w in weights)
         if self.aggregate:
-            changed = zero_top_global(adapter, weights, scores, int(total * cfg.ratio))
+            changed = zero_top_global(adapter, weights, scores, ratio_count(total, cfg.ratio))
         else:
             changed = zero_top_per_matrix(adapter, weights, scores, cfg.ratio)
         return Edit(changed, total, "mlp_weights", info={"forget_loss": forget_loss})
@@ -226,7 +230,7 @@ class DurableAggregate(Durable):
 
 
 @dataclass
-class GreedyConfig:
+class GreedyConfig(LayersConfig):
     """Greedy settings (spec §7.3; the paper's best Pythia ratio was 1e-5)."""
 
     ratio: float = 1e-3
@@ -243,6 +247,7 @@ class GreedyConfig:
         check_ratio(self.ratio)
         check_positive(self.batch_size, "batch_size")
         check_positive(self.weights_per_step, "weights_per_step")
+        self.validate_layers()
 
 
 def _cycle_batches(
@@ -286,10 +291,10 @@ class Greedy(Method):
 
     def run(self, model: PreTrainedModel, data: UnlearnData, progress: bool) -> Edit:
         cfg = self.config
-        adapter, weights = _trainable_mlp_weights(model)
+        adapter, weights = _trainable_mlp_weights(model, cfg.layers)
         params = [w.parameter for w in weights]
         total = sum(p.numel() for p in params)
-        target = int(total * cfg.ratio)
+        target = ratio_count(total, cfg.ratio)
         device = model_device(model)
         batches = _cycle_batches(data, cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
         bar = tqdm(total=target, desc="greedy", unit="weight", disable=not progress)
@@ -321,22 +326,26 @@ class Greedy(Method):
     ) -> int:
         """Zero the k nonzero weights with the largest ``w * grad`` over all matrices.
 
-        Each matrix offers its own top k (the global top k is among them), so no flat copy of all
-        MLP weights is made.
+        Each matrix offers the entries at or above its own k-th largest score (the global top k
+        is among them, ties included), so only one matrix's scores exist at a time. The products
+        are float32: a bfloat16 product is rounded, which can reorder or tie the candidates (the
+        float32 product of two bfloat16 numbers is exact).
         """
         values, owners, flat_idx = [], [], []
         for index, (w, g) in enumerate(zip(weights, grads, strict=True)):
-            score = _rank_nonzero(w.parameter.float() * g.float(), w.parameter).flatten()  # [n]
-            top = torch.topk(score, min(k, score.numel()), sorted=False)
-            values.append(top.values)
-            flat_idx.append(top.indices)
-            owners.append(torch.full_like(top.indices, index))
-        chosen = _top_finite(torch.cat(values), k)
+            score = _rank_nonzero_(w.parameter.float() * g.float(), w.parameter).view(-1)  # [n]
+            kth = torch.topk(score, min(k, score.numel()), sorted=False).values.min()
+            candidates = (score >= kth).nonzero().flatten()  # in index order, ties kept
+            values.append(score[candidates])
+            flat_idx.append(candidates)
+            owners.append(torch.full_like(candidates, index))
+        (chosen,) = top_k_masks([torch.cat(values)], k)
         owner, flat = torch.cat(owners)[chosen], torch.cat(flat_idx)[chosen]
-        masks = {
-            weights[i].name: _inout_mask(weights[i], flat[owner == i])
-            for i in owner.unique().tolist()
-        }
+        masks = {}
+        for i in owner.unique().tolist():
+            drop = torch.zeros_like(weights[i].parameter, dtype=torch.bool)
+            drop.view(-1)[flat[owner == i]] = True
+            masks[weights[i].name] = _inout_keep(weights[i], drop)
         return adapter.apply_weight_masks_(masks).changed if masks else 0
 
 
@@ -344,7 +353,7 @@ class Greedy(Method):
 
 
 @dataclass
-class SecondOrderConfig:
+class SecondOrderConfig(LayersConfig):
     """Second Order Unlearning settings (spec §7.3; the paper's values, TinyMem only)."""
 
     ratio: float = 0.01
@@ -364,11 +373,13 @@ class SecondOrderConfig:
         check_ratio(self.ratio)
         for name in ("num_grads", "block_size", "damping", "batch_size"):
             check_positive(getattr(self, name), name)
+        self.validate_layers()
 
 
 def _projection_modules(adapter: MLPAdapter, weights: Sequence[MLPWeight]) -> list[nn.Module]:
     """The Linear/Conv1D module owning each MLP weight matrix, in ``weights`` order."""
-    modules = [m for layer in adapter.layers for m in (*layer.in_projs, layer.out_proj)]
+    layers = [adapter.layer(i) for i in sorted({w.layer for w in weights})]
+    modules = [m for layer in layers for m in (*layer.in_projs, layer.out_proj)]
     if len(modules) != len(weights) or any(
         m.weight is not w.parameter for m, w in zip(modules, weights, strict=False)
     ):
@@ -382,12 +393,15 @@ def per_row_gradients(
     weights: Sequence[MLPWeight],
     ids: torch.Tensor,
     pad_id: int | None,
-) -> list[torch.Tensor]:
+) -> Iterator[torch.Tensor]:
     """[B, *param shape] gradient of each row's own CE w.r.t. each MLP matrix, in one pass.
 
     The projections are linear (``y = x W_io + b``), so row b's weight gradient is
     ``sum_t x[b, t]^T dy[b, t]``: the inputs are recorded by forward hooks and the output
     gradients come from one backward of the summed row losses (rows do not interact).
+
+    Yields one matrix's gradients at a time, in ``weights`` order (B copies of a matrix each; a
+    list of all of them would hold B copies of every MLP matrix at once).
     """
     modules = _projection_modules(adapter, weights)
     captured: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -408,12 +422,12 @@ def per_row_gradients(
     check_finite_loss(rows.sum(), "second_order", 0)
     inputs = [captured[m][0] for m in modules]
     out_grads = torch.autograd.grad(rows.sum(), [captured[m][1] for m in modules])
-    result = []
+    captured.clear()  # the outputs were only needed for the backward pass
+    del rows
     for w, x, dy in zip(weights, inputs, out_grads, strict=True):
         x, dy = x.flatten(1, -2), dy.flatten(1, -2)  # [B, T, in], [B, T, out]
         pattern = "bti,bto->boi" if w.transposed else "bti,bto->bio"
-        result.append(torch.einsum(pattern, x, dy))
-    return result
+        yield torch.einsum(pattern, x, dy)
 
 
 def block_fisher(grads: torch.Tensor, weights: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -428,8 +442,10 @@ def block_fisher(grads: torch.Tensor, weights: torch.Tensor, block_size: int) ->
     """
     r, n = grads.shape
     nb = -(-n // block_size)
-    g = grads.double() * weights.double().sqrt()[:, None]
-    g = torch.nn.functional.pad(g, (0, nb * block_size - n)).view(r, nb, block_size)
+    g = grads.double().mul_(weights.double().sqrt()[:, None])  # one float64 copy, scaled in place
+    if nb * block_size != n:
+        g = torch.nn.functional.pad(g, (0, nb * block_size - n))
+    g = g.view(r, nb, block_size)
     return torch.einsum("rki,rkj->kij", g, g)
 
 
@@ -463,8 +479,10 @@ class SecondOrder(Method):
 
     Deviations: gradients are reset between samples (the original accumulated them), each sample
     is one row (the same row drawn twice gives the same gradient, so it is computed once and
-    weighted), and only MLP matrices get a Fisher. Memory: ``block_size`` float64s per MLP weight
-    (TinyMem-sized models; the paper ran it on TinyMem only, ~1,200 s on 8 layers).
+    weighted), and only MLP matrices get a Fisher. Memory: ``block_size`` float64s per edited MLP
+    weight (TinyMem-sized models, or a few ``layers`` of a large one; the paper ran it on TinyMem
+    only, ~1,200 s on 8 layers). The blocks stay float64: damping is 1e-7, far below float32's
+    resolution of the Fisher's entries, so float32 blocks would change the inverse.
     """
 
     name = "second_order"
@@ -474,7 +492,7 @@ class SecondOrder(Method):
 
     def run(self, model: PreTrainedModel, data: UnlearnData, progress: bool) -> Edit:
         cfg = self.config
-        adapter, weights = _trainable_mlp_weights(model)
+        adapter, weights = _trainable_mlp_weights(model, cfg.layers)
         device = model_device(model)
         generator = torch.Generator().manual_seed(cfg.seed)
         if cfg.num_grads >= data.n_forget:
@@ -492,11 +510,13 @@ class SecondOrder(Method):
             for j, g in enumerate(grads):
                 part = block_fisher(g.flatten(1), share[idx], cfg.block_size)  # [nb, bs, bs]
                 fishers[j] = part if fishers[j] is None else fishers[j].add_(part)
-        saliencies = []
-        for w, fisher in zip(weights, fishers, strict=True):
-            inv_diag = fisher_inverse_diag(fisher, cfg.damping, w.parameter.numel())  # [n]
+        # Matrix by matrix (a matrix's saliency depends only on its own weights and Fisher), so
+        # one saliency buffer exists at a time and each Fisher is freed once used.
+        changed = 0
+        for j, w in enumerate(weights):
+            inv_diag = fisher_inverse_diag(fishers[j], cfg.damping, w.parameter.numel())  # [n]
+            fishers[j] = None
             saliency = w.parameter.detach().double().flatten() ** 2 / (2 * inv_diag)
-            saliencies.append(saliency.view_as(w.parameter))
-        changed = zero_top_per_matrix(adapter, weights, saliencies, cfg.ratio)
+            changed += zero_top_per_matrix(adapter, [w], [saliency.view_as(w.parameter)], cfg.ratio)
         total = sum(w.parameter.numel() for w in weights)
         return Edit(changed, total, "mlp_weights", info={"fisher_rows": len(rows)})
