@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,25 @@ def test_model_dir_with_a_broken_config_is_one_line(tmp_path, capsys):
     (tmp_path / "model.safetensors").write_bytes(b"")
     line = one_line_error(capsys, "measure", "--model", tmp_path)
     assert "config.json: not valid JSON (line 1" in line
+
+
+@pytest.mark.parametrize(
+    ("header", "why"),
+    [
+        (b"[1, 2]", "its header is no JSON object"),
+        (b'{"w": {"dtype": "F32", "shape": "ab", "data_offsets": [0, 4]}}', "no valid shape"),
+        (b'{"w": {"dtype": "F32", "shape": [2, -3]}}', "no valid shape"),
+        (b'{"w": 5}', "no valid shape"),
+        (b"[" * 50_000 + b"]" * 50_000, "unreadable header"),
+        (b"\xff\xfe", "unreadable header"),
+    ],
+)
+def test_hostile_safetensors_header_is_one_line(tmp_path, capsys, header, why):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (tmp_path / "tokenizer.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    line = one_line_error(capsys, "measure", "--model", tmp_path)
+    assert "model.safetensors is not a safetensors file" in line and why in line
 
 
 def test_torch_load_with_weights_only_refuses_a_pickle_payload(tmp_path):

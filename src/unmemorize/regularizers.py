@@ -21,7 +21,6 @@ Vocabulary: B batch, T positions, D d_model, F MLP width, L layers.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from unmemorize.mlp import MLPAdapter, find_decoder_layers, in_out_view
+from unmemorize.mlp import MLPAdapter, find_decoder_layers, in_out_view, ratio_count
 from unmemorize.registry import Registry, suggest
 
 logger = logging.getLogger(__name__)
@@ -507,7 +506,7 @@ class ExampleTiedDropout(Regularizer):
 
     def n_fixed(self, width: int) -> int:
         """Number of always-kept units in a layer of ``width`` units."""
-        return math.floor(self.p_fixed * width)
+        return ratio_count(width, self.p_fixed)
 
     def attach(self, model: nn.Module) -> None:
         """Install a mask hook on every layer's out-projection input."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import struct
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -147,15 +148,19 @@ def safetensors_parameter_count(model_dir: str | Path) -> int:
                 raise ValueError(f"{file} is not a safetensors file (header of {n} bytes)")
             try:
                 header = json.loads(f.read(n))
-            except (UnicodeDecodeError, json.JSONDecodeError):
+            except (ValueError, RecursionError):  # bad UTF-8 or JSON, absurd nesting or numbers
                 raise ValueError(f"{file} is not a safetensors file (unreadable header)") from None
+        if not isinstance(header, dict):
+            raise ValueError(f"{file} is not a safetensors file (its header is no JSON object)")
         for name, info in header.items():
             if name == "__metadata__":
                 continue
-            count = 1
-            for dim in info.get("shape", []):
-                count *= int(dim)
-            total += count
+            shape = info.get("shape") if isinstance(info, dict) else None
+            if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+                raise ValueError(
+                    f"{file} is not a safetensors file (tensor {name!r} has no valid shape)"
+                )
+            total += math.prod(shape)
     return total
 
 

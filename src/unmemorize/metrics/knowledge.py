@@ -40,11 +40,14 @@ _ARTICLES = re.compile(r"\b(?:a|an|the)\b")
 def normalize_answer(text: str) -> str:
     """Canonical form of an answer for matching.
 
-    Lowercase; accents removed (NFKD, combining marks dropped); apostrophes and periods deleted
-    ("U.S." -> "us", "O'Neil" -> "oneil"); every other punctuation or symbol character becomes a
-    space ("Saint-Denis" -> "saint denis"); the articles a/an/the dropped; whitespace squeezed.
+    Case-folded (Unicode compatibility caseless form, so "Straße" = "STRASSE"); accents removed
+    (combining marks dropped); apostrophes and periods deleted ("U.S." -> "us", "O'Neil" ->
+    "oneil"); every other punctuation or symbol character becomes a space ("Saint-Denis" ->
+    "saint denis"); the articles a/an/the dropped; whitespace squeezed.
     """
-    text = unicodedata.normalize("NFKD", text)
+    # Unicode's compatibility caseless match (D145): NFKD(casefold(NFKD(casefold(NFD(x)))))
+    text = unicodedata.normalize("NFD", text).casefold()
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
     chars = []
     for ch in text:
         cat = unicodedata.category(ch)
@@ -53,7 +56,7 @@ def normalize_answer(text: str) -> str:
         if ch in "'.’`":
             continue
         chars.append(" " if cat[0] in "PS" else ch)
-    text = "".join(chars).lower()
+    text = "".join(chars)
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
 
