@@ -58,9 +58,15 @@ def test_lora_trains_only_linear_layers_and_returns_a_plain_model(family: str) -
     assert set(out.state_dict()) == set(start)  # merged: no lora_A/lora_B, no peft wrapper
     assert not any("lora" in type(m).__name__.lower() for m in out.modules())
     after = out.state_dict()
-    embed = "transformer.wte.weight" if family == "gpt2" else "model.embed_tokens.weight"
-    linear = "transformer.h.0.mlp.c_fc.weight" if family == "gpt2" else "model.layers.0.mlp.up_proj.weight"  # fmt: skip
-    norm = "transformer.h.0.ln_1.weight" if family == "gpt2" else "model.layers.0.input_layernorm.weight"  # fmt: skip
+    embed, linear, norm = {
+        "gpt2": ("transformer.wte", "transformer.h.0.mlp.c_fc", "transformer.h.0.ln_1"),
+        "llama": (
+            "model.embed_tokens",
+            "model.layers.0.mlp.up_proj",
+            "model.layers.0.input_layernorm",
+        ),
+    }[family]
+    embed, linear, norm = (f"{name}.weight" for name in (embed, linear, norm))
     assert torch.equal(after[embed], start[embed]) and torch.equal(after[norm], start[norm])
     assert not torch.equal(after[linear], start[linear])
     # Full fine-tuning moves the embeddings; LoRA trains a small fraction of the weights.

@@ -405,7 +405,9 @@ class GradientTrainer(Method):
                     r_idx = None
                     if use_retain:
                         r_idx = torch.randint(data.n_retain, (len(idx),), generator=generator)
-                    stats = self._batch_stats(trainee, ref, data, forget_mask, retain_mask, idx, r_idx, rank, size)  # fmt: skip
+                    stats = self._batch_stats(
+                        trainee, ref, data, (forget_mask, retain_mask), (idx, r_idx), rank, size
+                    )
                     forget = self.forget_loss(
                         {k: v for k, v in stats.items() if k != _RETAIN},
                         forget_mask[idx].to(device),
@@ -452,20 +454,22 @@ class GradientTrainer(Method):
         model: PreTrainedModel,
         ref: Reference | None,
         data: UnlearnData,
-        forget_mask: Tensor,
-        retain_mask: Tensor,
-        idx: Tensor,
-        r_idx: Tensor | None,
+        masks: tuple[Tensor, Tensor],
+        batch: tuple[Tensor, Tensor | None],
         rank: int,
         size: int,
     ) -> dict[str, Tensor]:
         """Per-token tensors [B, T-1] of the global batch ``idx`` (and retain rows ``r_idx``).
+
+        ``masks`` are the forget [U, T-1] and retain [R, T-1] scored targets, ``batch`` the
+        forget-set indices ``idx`` [B] and paired retain indices ``r_idx`` [B] (or None).
 
         With N processes this rank runs the model on rows ``rank::N`` only (a rank left without
         rows runs one and keeps none of it, so every rank joins the collectives) and the
         tensors are gathered back into batch order.
         """
         device = model_device(model)
+        (forget_mask, retain_mask), (idx, r_idx) = masks, batch
         mine = slice(rank, None, size)
         keep = len(idx[mine])
         local = idx[mine] if keep else idx[:1]
