@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +44,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             _write_and_sync(f, text)
@@ -54,6 +57,55 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             err.filename = str(path)  # name the output, not the vanished temporary file
         raise
     _fsync_dir(path.parent)
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _temp_prefix(path: Path) -> str:
+    """Hidden sibling names that carry their writer (host and pid), e.g. ``.model.h-42.x1.tmp``."""
+    return f".{path.name}.{_owner()}."
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Clean up after writers of ``path`` that were killed on this host (``kill -9``, power cut).
+
+    A temporary file or directory of a dead writer is deleted. A previous ``path`` that a dead
+    writer had renamed aside (``.NAME.old-OWNER``) while swapping in its new one is put back when
+    ``path`` is missing, so an interruption between the two renames loses nothing. Writers on
+    other hosts (a shared disk) and live ones are left alone.
+    """
+    name = re.escape(path.name)
+    temporary = re.compile(rf"^\.{name}\.(?P<host>.+)-(?P<pid>\d+)\.[^.]+\.tmp$")
+    aside = re.compile(rf"^\.{name}\.old-(?P<host>.+)-(?P<pid>\d+)$")
+    try:
+        siblings = sorted(path.parent.iterdir())
+    except OSError:
+        return
+    for sibling in siblings:
+        match = temporary.match(sibling.name) or aside.match(sibling.name)
+        if not match or match["host"] != socket.gethostname() or _alive(int(match["pid"])):
+            continue
+        if aside.match(sibling.name) and not path.exists() and sibling.is_dir():
+            os.replace(sibling, path)  # the previous complete directory comes back
+        elif sibling.is_dir():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                sibling.unlink()
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def _write_and_sync(f: Any, text: str) -> None:
@@ -87,7 +139,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    _remove_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp"))
     try:
         yield tmp
     except BaseException as err:
@@ -98,7 +151,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
     old = None
     if path.exists():
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        old = path.parent / f".{path.name}.old-{_owner()}"
         os.replace(path, old)
     os.replace(tmp, path)
     _fsync_dir(path.parent)

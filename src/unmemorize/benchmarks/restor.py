@@ -44,7 +44,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..config import to_dict
 from ..data.fact_world import make_fact_world, word_tokenizer
 from ..data.facts import FactSet
-from ..io import atomic_write_json, prepare_output_dir
+from ..io import atomic_dir, atomic_write_json, check_output_dir
 from ..metrics.knowledge import (
     QAResult,
     Scorer,
@@ -350,7 +350,7 @@ def run_restor(
     cfg.validate()
     grid = _resolve_grid(methods, grid)
     out = Path(out)
-    prepare_output_dir(out, overwrite)
+    check_output_dir(out, overwrite)  # the previous output stays until the new one is complete
     t0 = time.perf_counter()
     world = make_fact_world(cfg.world)
     tokenizer = word_tokenizer(world.words())
@@ -370,22 +370,23 @@ def run_restor(
         desc="clean",
     )
     clean_seconds = time.perf_counter() - start
-    save_model(clean, tokenizer, out / "clean")
-    summary = _run_pipeline(
-        clean,
-        tokenizer,
-        task,
-        cfg,
-        out,
-        grid,
-        progress=progress,
-        max_length=cfg.model.context_length,
-    )
-    summary["timings"]["clean_train"] = clean_seconds
-    summary["clean"]["final_train_loss"] = losses[-1]
-    summary["preset"] = cfg.preset
-    summary["seconds"] = time.perf_counter() - t0
-    atomic_write_json(out / "summary.json", summary)
+    with atomic_dir(out) as tmp:  # OUT appears complete (summary.json included) or not at all
+        save_model(clean, tokenizer, tmp / "clean")
+        summary = _run_pipeline(
+            clean,
+            tokenizer,
+            task,
+            cfg,
+            tmp,
+            grid,
+            progress=progress,
+            max_length=cfg.model.context_length,
+        )
+        summary["timings"]["clean_train"] = clean_seconds
+        summary["clean"]["final_train_loss"] = losses[-1]
+        summary["preset"] = cfg.preset
+        summary["seconds"] = time.perf_counter() - t0
+        atomic_write_json(tmp / "summary.json", summary)
     return summary
 
 
@@ -415,15 +416,23 @@ def run_restor_on_model(
     clean, tokenizer = load_model(model_dir, dtype=dtype, device=device)
     check_encodable(tokenizer, [f.question for f in task.facts.items(task.targets)], "questions")
     out = Path(out)
-    prepare_output_dir(out, overwrite)
+    check_output_dir(out, overwrite)  # the previous output stays until the new one is complete
     t0 = time.perf_counter()
     max_length = int(getattr(clean.config, "max_position_embeddings", 0) or 0) or 1024
-    summary = _run_pipeline(
-        clean, tokenizer, task, cfg, out, grid, progress=progress, max_length=min(max_length, 1024)
-    )
-    summary["model_dir"] = str(model_dir)
-    summary["seconds"] = time.perf_counter() - t0
-    atomic_write_json(out / "summary.json", summary)
+    with atomic_dir(out) as tmp:  # OUT appears complete (summary.json included) or not at all
+        summary = _run_pipeline(
+            clean,
+            tokenizer,
+            task,
+            cfg,
+            tmp,
+            grid,
+            progress=progress,
+            max_length=min(max_length, 1024),
+        )
+        summary["model_dir"] = str(model_dir)
+        summary["seconds"] = time.perf_counter() - t0
+        atomic_write_json(tmp / "summary.json", summary)
     return summary
 
 

@@ -7,7 +7,7 @@ A run directory written by :func:`train_experiment` is a loadable Hugging Face m
     DIR/data/               the exact training rows, test sets and memorization candidates
     DIR/checkpoints/        epoch-NNNNNN/ (model, optimizer, trainer state), for resume
     DIR/history.json        metrics at every checkpoint
-    DIR/run.json            final metrics, seconds, environment (written last: the run is complete)
+    DIR/run.json            final metrics, seconds, environment (lands with the weights, last)
 
 Presets (:data:`PRESETS`): ``paper`` (the paper's exact sizes, for GPU users) and ``cpu-mini``
 (memorization appears within a few minutes on a 2-core laptop).
@@ -220,7 +220,7 @@ def _prepare_run_dir(out: Path, exp: ExperimentConfig, overwrite: bool) -> bool:
     exp_file = out / "experiment.json"
     if out.is_dir() and exp_file.is_file() and not overwrite:
         previous = read_json(exp_file)
-        if (out / "run.json").is_file():
+        if is_finished_run(out):
             raise FileExistsError(
                 f"{out} already holds a finished run; choose another --out or pass --overwrite"
             )
@@ -261,27 +261,25 @@ def train_experiment(
         tokenizer = _load_tokenizer(out / "data")
     else:
         data, tokenizer = build_data(exp)
-        out.mkdir(parents=True, exist_ok=True)
-        data.save(out / "data")
-        tokenizer.save_pretrained(out / "data")
-        atomic_write_json(out / "experiment.json", exp.to_dict())
+        # the run directory appears with its data and experiment.json complete, or not at all
+        with atomic_dir(out) as tmp:
+            data.save(tmp / "data")
+            tokenizer.save_pretrained(tmp / "data")
+            atomic_write_json(tmp / "experiment.json", exp.to_dict())
     model = new_model(exp, tokenizer).to(device)
     log.info("model: %s, %d parameters", type(model).__name__, count_parameters(model))
     result = train(model, data, exp.train, out, progress=progress, on_checkpoint=on_checkpoint)
-    _publish_model(result.model, tokenizer, out)
     final = result.history[-1] if result.history else evaluate(result.model, data)
-    atomic_write_json(
-        out / "run.json",
-        {
-            "kind": "train",
-            "config": exp.to_dict(),
-            "metrics": final,
-            "seconds": result.seconds,
-            "resumed_from_epoch": result.resumed_from_epoch,
-            "n_parameters": count_parameters(result.model),
-            "environment": environment(),
-        },
-    )
+    record = {
+        "kind": "train",
+        "config": exp.to_dict(),
+        "metrics": final,
+        "seconds": result.seconds,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "n_parameters": count_parameters(result.model),
+        "environment": environment(),
+    }
+    _publish_model(result.model, tokenizer, out, record)
     return TrainedRun(
         out, result.model, tokenizer, data, exp, result.history, result.seconds, final
     )
@@ -293,16 +291,23 @@ def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
-def _publish_model(model: PreTrainedModel, tokenizer, out: Path) -> None:
-    """Write the final model files into ``out`` itself, each by rename, weights last.
+def is_finished_run(out: Path) -> bool:
+    """A run is finished once its run.json and its weights (renamed in last) are both in place."""
+    return (out / "run.json").is_file() and any(out.glob("*.safetensors"))
 
-    Until ``model.safetensors`` lands, ``out`` has no weights and does not load as a model.
+
+def _publish_model(model: PreTrainedModel, tokenizer, out: Path, record: dict) -> None:
+    """Write the final model files and run.json into ``out`` itself, each by rename, weights last.
+
+    Until ``model.safetensors`` lands, ``out`` has no weights: it does not load as a model and
+    counts as unfinished, so re-running the command resumes from the last checkpoint.
     """
     staging = out / ".final"
     with atomic_dir(staging) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-    names = sorted(os.listdir(staging), key=lambda n: n.endswith(".safetensors"))
+        atomic_write_json(tmp / "run.json", record)
+    names = sorted(os.listdir(staging), key=lambda n: 2 if ".safetensors" in n else n == "run.json")
     for name in names:
         os.replace(staging / name, out / name)
     shutil.rmtree(staging, ignore_errors=True)

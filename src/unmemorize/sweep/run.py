@@ -174,12 +174,12 @@ class _SweepLock:
 
 def _base_model(spec: SweepSpec, out: Path, progress: bool) -> Path:
     """The base model directory: ``spec.model``, or a cpu-mini run trained (or resumed) in DIR/base."""
-    from ..benchmarks.tinymem import make_experiment, train_experiment
+    from ..benchmarks.tinymem import is_finished_run, make_experiment, train_experiment
 
     if spec.model is not None:
         return Path(spec.model)
     base = out / "base"
-    if not (base / "run.json").is_file():
+    if not is_finished_run(base):
         exp = make_experiment(spec.preset, spec.task, spec.variant, spec.overrides)
         log.info("training the base model into %s", base)
         train_experiment(exp, base, progress=progress)
