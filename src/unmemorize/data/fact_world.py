@@ -28,7 +28,6 @@ Everything is a pure function of the config (seeded ``random.Random``).
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,7 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from ..io import atomic_write_json
 from .facts import ContextExample, Fact, FactSet
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
@@ -308,11 +308,13 @@ class FactWorld:
         return list(seen)
 
     def save(self, directory: str | Path) -> None:
-        """Write RESTOR-format files: facts.json, entities.json, world.json (splits, wrong facts)."""
+        """Write RESTOR-format files: facts.json, entities.json, world.json (splits, wrong facts).
+
+        Each file is written atomically (temporary file + rename).
+        """
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "facts.json").write_text(json.dumps(self.facts.to_json(), indent=1))
-        (directory / "entities.json").write_text(json.dumps(self.evaluated, indent=1))
+        atomic_write_json(directory / "facts.json", self.facts.to_json())
+        atomic_write_json(directory / "entities.json", self.evaluated)
         meta = {
             "config": asdict(self.config),
             "targets": self.targets,
@@ -320,7 +322,7 @@ class FactWorld:
             "qa_entities": self.qa_entities,
             "wrong": {f"{e}\t{r}": w for (e, r), w in self.wrong.items()},
         }
-        (directory / "world.json").write_text(json.dumps(meta, indent=1))
+        atomic_write_json(directory / "world.json", meta)
 
 
 def _pseudo_words(rng: random.Random, n: int, taken: set[str]) -> list[str]:
