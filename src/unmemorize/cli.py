@@ -437,7 +437,7 @@ def cmd_measure(args) -> int:
     import torch
 
     from .benchmarks.tinymem import load_run
-    from .data.sequences import read_sequences
+    from .data.sequences import iter_sequences
     from .distributed import is_main_process, launched_processes, run_sharded
     from .io import atomic_write_json
     from .metrics import MemorizationReport, generate_memorized, memorized_sharded
@@ -471,9 +471,8 @@ def cmd_measure(args) -> int:
             raise UserError(
                 "--prefix-len/--suffix-len apply to --sequences; a run uses its own window"
             )
-        prompt, target, prefix, k = mem.prompt_ids, mem.target_ids, mem.prefix_len, mem.suffix_len
-        candidate, group = mem.window_differs(), mem.group
-        source = f"{len(mem)} memorization candidates of the run"
+        k = mem.suffix_len
+        chunks = [(mem.prompt_ids, mem.target_ids, mem.prefix_len)]
     else:
         # default window: the run's own (a TinyMem run), else Pythia-style 32 -> 32
         run_p = (
@@ -485,17 +484,34 @@ def cmd_measure(args) -> int:
         p = args.prefix_len if args.prefix_len is not None else run_p
         k = args.suffix_len if args.suffix_len is not None else run_k
         check_window(model, p, k)
-        ids = read_sequences(args.sequences, tokenizer, vocab, p, k)
-        prompt = target = ids
-        prefix = torch.full((len(ids),), p)
-        candidate, group = (
-            torch.ones(len(ids), dtype=torch.bool),
-            torch.zeros(len(ids), dtype=torch.long),
-        )
-        source = f"{len(ids)} sequences from {args.sequences}"
+        # streamed: memory stays bounded by one chunk of rows whatever the file's length
+        chunks = ((ids, ids, p) for ids in iter_sequences(args.sequences, tokenizer, vocab, p, k))
+    parts, gen_parts, gen_seconds = [], [], 0.0
     # under `accelerate launch` each process judges every N-th row; verdicts merge in order
-    verdict = memorized_sharded(model, prompt, target, prefix, k, batch_size=args.batch_size)
-    seconds = time.perf_counter() - t0
+    for prompt, target, prefix in chunks:
+        parts.append(
+            memorized_sharded(model, prompt, target, prefix, k, batch_size=args.batch_size)
+        )
+        if args.generate:
+            t_gen = time.perf_counter()
+            prefix = torch.as_tensor(prefix).expand(len(target))
+
+            def generate(rows, prompt=prompt, target=target, prefix=prefix):
+                return generate_memorized(
+                    model, prompt[rows], target[rows], prefix[rows], k, batch_size=args.batch_size
+                )
+
+            gen_parts.append(run_sharded(generate, len(target), args.device))
+            gen_seconds += time.perf_counter() - t_gen
+    verdict = torch.cat(parts)
+    if args.sequences is None:
+        candidate, group = mem.window_differs(), mem.group
+        source = f"{len(mem)} memorization candidates of the run"
+    else:
+        candidate = torch.ones(len(verdict), dtype=torch.bool)
+        group = torch.zeros(len(verdict), dtype=torch.long)
+        source = f"{len(verdict)} sequences from {args.sequences}"
+    seconds = time.perf_counter() - t0 - gen_seconds
     report = MemorizationReport(verdict, candidate, group)
     result = report.to_dict()
     result.update(
@@ -506,24 +522,24 @@ def cmd_measure(args) -> int:
             "seconds": seconds,
         }
     )
-    per_seq = [
-        {"index": i, "memorized": bool(v), "candidate": bool(c)}
-        for i, (v, c) in enumerate(zip(verdict.tolist(), candidate.tolist(), strict=True))
-    ]
+    # per-sequence rows grow with the sequences: built only when written (--json)
+    per_seq = (
+        [
+            {"index": i, "memorized": bool(v), "candidate": bool(c)}
+            for i, (v, c) in enumerate(zip(verdict.tolist(), candidate.tolist(), strict=True))
+        ]
+        if args.json
+        else []
+    )
     if args.generate:
-
-        def generate(rows):
-            return generate_memorized(
-                model, prompt[rows], target[rows], prefix[rows], k, batch_size=args.batch_size
-            )
-
-        gen_verdict, score = run_sharded(generate, len(target), args.device)
+        gen_verdict = torch.cat([v for v, _ in gen_parts])
+        score = torch.cat([s for _, s in gen_parts])
         agree = bool((gen_verdict == verdict).all())
         result["generate_agrees"] = agree
         result["mean_token_score"] = (
             float(score[candidate].mean()) if bool(candidate.any()) else 0.0
         )
-        for row, s in zip(per_seq, score.tolist(), strict=True):
+        for row, s in zip(per_seq, score.tolist() if args.json else [], strict=True):
             row["token_score"] = s
     result["sequences"] = per_seq
     if not is_main_process():

@@ -8,10 +8,14 @@ Each line is a JSON object with one of:
   continuation to reproduce: the first P prefix tokens prompt, the first K target tokens are scored.
 
 Other keys (``score``, ``id``, ...) are ignored.
+
+:func:`iter_sequences` streams a file in chunks of rows (memory bounded by the chunk, whatever
+the file's length: ``measure --sequences`` uses it); :func:`read_sequences` returns all rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -44,6 +48,24 @@ def read_sequences(
 ) -> torch.Tensor:
     """Read a sequence file into [M, P + K] ids: the prompt, then the continuation to reproduce.
 
+    Raises: as :func:`iter_sequences`.
+    """
+    return torch.cat(list(iter_sequences(path, tokenizer, vocab_size, prefix_len, suffix_len)))
+
+
+def iter_sequences(
+    path: str | Path,
+    tokenizer,
+    vocab_size: int,
+    prefix_len: int,
+    suffix_len: int,
+    chunk_rows: int = 4096,
+) -> Iterator[torch.Tensor]:
+    """Stream a sequence file as [<= chunk_rows, P + K] id tensors, in file order.
+
+    Only one chunk of rows is held at a time. Errors are raised when the offending line is
+    reached, i.e. after the chunks before it were yielded.
+
     Raises:
         FileNotFoundError: no such file.
         ValueError: empty file, malformed JSON, unknown layout, a sequence shorter than P + K,
@@ -55,9 +77,15 @@ def read_sequences(
         raise FileNotFoundError(f"sequence file {path} does not exist")
     if prefix_len < 1 or suffix_len < 1:
         raise ValueError("--prefix-len and --suffix-len must be positive")
+    if chunk_rows < 1:
+        raise ValueError("chunk_rows must be positive")
     need = prefix_len + suffix_len
     rows: list[list[int]] = []
+    any_rows = False
     for line_no, obj in iter_jsonl(path):
+        if len(rows) == chunk_rows:
+            yield torch.tensor(rows, dtype=torch.long)
+            rows, any_rows = [], True
         if not isinstance(obj, dict):
             raise _fail(path, line_no, "each line must be a JSON object")
         if "prefix_ids" in obj or "target_ids" in obj:
@@ -90,6 +118,7 @@ def read_sequences(
                 "(lower --prefix-len/--suffix-len or drop short sequences)",
             )
         rows.append(ids[:need])
-    if not rows:
+    if not rows and not any_rows:
         raise ValueError(f"sequence file {path} holds no sequences")
-    return torch.tensor(rows, dtype=torch.long)
+    if rows:
+        yield torch.tensor(rows, dtype=torch.long)
