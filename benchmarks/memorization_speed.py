@@ -73,6 +73,7 @@ from unmemorize.benchmarks.tinymem import load_run, make_experiment, train_exper
 from unmemorize.data.base import TinyMemData
 from unmemorize.data.math import add_number_noise, encode_rows, number_strings, task_numbers
 from unmemorize.metrics.memorization import generate_memorized, memorized
+from unmemorize.runtime import DTYPES, resolve_dtype
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -169,6 +170,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads", type=int, default=None, help="torch threads (default: torch's own choice)"
     )
     ap.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    ap.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        help="weights dtype (default: float32; bfloat16 on a GPU: near-tied logits may then "
+        "flip single greedy verdicts between the paths, which the script reports)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed of the added noise and the shuffle")
     ap.add_argument(
         "--sweep",
@@ -363,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     p, k = args.prefix_len, args.suffix_len
     if args.pythia:
-        model = random_pythia(args.pythia, seed=args.seed, device=args.device)
+        model = random_pythia(
+            args.pythia, seed=args.seed, dtype=resolve_dtype(args.dtype), device=args.device
+        )
         n_params = sum(t.numel() for t in model.parameters())
         model_desc = (
             f"Pythia-{args.pythia} shape, RANDOM weights ({model.config.num_hidden_layers} "
@@ -375,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         model, data, model_desc = get_model(args)
-        model = model.to(args.device).eval()
+        model = model.to(device=args.device, dtype=resolve_dtype(args.dtype)).eval()
         prompt, target, is_cand, seq_desc = build_sequences(
             data, args.n_sequences, p, k, args.reproduced_fraction, args.seed
         )
@@ -405,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {seq_desc}; prefix p={p}, suffix k={k}")
     print(
         f"timing: best of {args.repeats} after a warm-up, torch.inference_mode, "
-        f"{torch.get_num_threads()} torch threads, device {args.device}",
+        f"{torch.get_num_threads()} torch threads, device {args.device}, "
+        f"{next(model.parameters()).dtype}",
         flush=True,
     )
 

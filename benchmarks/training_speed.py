@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         "count means the cores were shared with other work)"
     )
     print(f"total time: {time.perf_counter() - t_start:.0f} s")
-    print(f"matmul_peak_gflops: {peak / 1e9:.1f}")
+    print(f"matmul_peak_gflops: {peak / 1e9:.3f}")
     for r in rows:
         print(f"tokens_per_s_{r['name']}: {r['tokens_per_s']:.0f}")
         print(f"mfu_{r['name']}: {r['mfu']:.4f}")
