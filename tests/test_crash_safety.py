@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from unmemorize.io import atomic_dir, atomic_write_text
+from unmemorize.io import CRASH_AT_ENV, atomic_dir, atomic_write_text
 from unmemorize.models import load_model
 
 from .conftest import TINY_OVERRIDES
@@ -66,6 +66,22 @@ def kill_when(args: list[object], condition: Callable[[], bool], timeout: float 
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     pytest.fail(f"{args[0]} ended before the kill point: {proc.stderr.read().decode()[-2000:]}")
+
+
+def crash_at(args: list[object], point: str, timeout: float = 600) -> None:
+    """Run the command with ``UNMEMORIZE_CRASH_AT=point``: it SIGKILLs itself at that instant.
+
+    For instants too short to hit by polling from outside (a directory between being complete and
+    being renamed into place).
+    """
+    proc = subprocess.run(
+        [sys.executable, "-m", "unmemorize.cli", *map(str, args), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env={**ENV, CRASH_AT_ENV: point},
+        timeout=timeout,
+    )
+    assert proc.returncode == -signal.SIGKILL, (point, proc.returncode, proc.stderr[-2000:])
 
 
 def hidden_temporaries(root: Path) -> list[Path]:
@@ -157,9 +173,10 @@ def test_train_killed_twice_resumes_from_its_checkpoint(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--out", out, *TINY_OVERRIDES, "train.epochs=6", "train.checkpoint_every=1"]
 
-    # 1. while the run directory is being built (its hidden temporary sibling exists)
-    kill_when(args, lambda: any(tmp_path.glob(".run.*.tmp")))
-    assert not out.exists() or (out / "experiment.json").is_file()  # all or nothing
+    # 1. the run directory is complete at its hidden temporary path, not yet renamed into place
+    crash_at(args, "run:filled")
+    assert not out.exists()  # all or nothing
+    assert any(tmp_path.glob(".run.*.tmp/experiment.json"))  # the kill landed where it should
     check_complete_or_absent(tmp_path)
 
     # 2. mid-training, right after the second checkpoint
@@ -184,10 +201,8 @@ def test_unlearn_killed_mid_save_leaves_nothing_or_the_previous_model(tiny_run, 
     out = tmp_path / "u"
     args = ["unlearn", "--model", tiny_run.out, "--method", "durable", "--out", out]
     before = digest(tiny_run.out)
-    saving = lambda: any(tmp_path.glob(".u.*.tmp/config.json"))  # noqa: E731
-
-    kill_when(args, saving)
-    assert not out.exists()  # the half-written model is only ever in the hidden temporary
+    crash_at(args, "u:filled")  # the new model is complete but not yet renamed into place
+    assert not out.exists()  # the written model is only ever in the hidden temporary
     check_complete_or_absent(tmp_path)
 
     done = cli(*args)
@@ -196,9 +211,19 @@ def test_unlearn_killed_mid_save_leaves_nothing_or_the_previous_model(tiny_run, 
     assert hidden_temporaries(tmp_path) == []
     previous = digest(out)
 
-    kill_when([*args, "--overwrite", "ratio=0.05"], saving)
+    crash_at([*args, "--overwrite", "ratio=0.05"], "u:filled")
     assert digest(out) == previous  # --overwrite replaces only once the new model is complete
     assert check_complete_or_absent(tmp_path, {out}) == 1
+
+    # the worst instant: the previous model renamed aside, the new one not yet in place; the next
+    # writer puts the previous one back before it starts
+    crash_at([*args, "--overwrite", "ratio=0.05"], "u:swapped-out")
+    assert not out.exists()
+    assert check_complete_or_absent(tmp_path) == 0  # nothing visible is a half model
+    done = cli(*args, "--overwrite", "ratio=0.05")
+    assert done.returncode == 0, done.stderr
+    assert check_complete_or_absent(tmp_path, {out}) == 1
+    assert hidden_temporaries(tmp_path) == []
     assert digest(tiny_run.out) == before  # the input model is never touched
 
 

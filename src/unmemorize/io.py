@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -149,14 +150,32 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             name = str(err.filename or "")
             err.filename = path / name[len(str(tmp)) + 1 :] if name.startswith(str(tmp)) else path
         raise
+    crash_point(f"{path.name}:filled")
     old = None
     if path.exists():
         old = path.parent / f".{path.name}.old-{_owner()}"
         os.replace(path, old)
+        crash_point(f"{path.name}:swapped-out")
     os.replace(tmp, path)
     _fsync_dir(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+CRASH_AT_ENV = "UNMEMORIZE_CRASH_AT"
+"""Fault injection for crash-safety tests: ``NAME:filled`` (the new directory ``NAME`` is complete
+at its temporary path) or ``NAME:swapped-out`` (the previous ``NAME`` is renamed aside, the new one
+not yet in place) makes the process SIGKILL itself at that instant. Unset in normal use."""
+
+
+def crash_point(point: str) -> None:
+    """SIGKILL this process when ``UNMEMORIZE_CRASH_AT`` names ``point`` (see :data:`CRASH_AT_ENV`).
+
+    A kill -9 from outside lands at a random instant, and the instants that matter (between two
+    renames) last microseconds; the tests name them instead.
+    """
+    if os.environ.get(CRASH_AT_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def check_writable(path: str | Path, what: str = "--out") -> Path:
