@@ -268,12 +268,12 @@ def test_default_run_raises_forget_nll_more_than_retain_nll(tiny_run, name, opti
 @pytest.mark.parametrize(
     ("name", "options"),
     [
-        # Measured on the fixture (its weights depend on the thread count): 4-5 -> 0-2
-        # memorized, accuracy 0.880-0.886 -> 0.860-0.876.
+        # Measured on the fixture (its weights depend on the thread count): 10 -> 0-3
+        # memorized, accuracy 0.897 -> 0.85-0.87.
         ("ga", ["lr=2e-4"]),
         ("grad_diff", ["lr=3e-4"]),
         ("kl", ["lr=3e-4", "epochs=10", "retain_weight=3"]),
-        ("npo", ["lr=3e-4"]),
+        ("npo", ["lr=1.5e-4"]),
         ("simnpo", ["lr=3e-4"]),
         ("task_vector", ["lr=1e-3"]),
     ],

@@ -232,9 +232,11 @@ def test_bad_options_are_rejected(name: str, bad: str) -> None:
 
 #: Configs checked on the tiny run (2 layers, 128 neurons each; 6 removed per layer at 5%).
 TINY_CONFIGS = {
-    "zero_out": [],
+    # the fixture memorizes 10 rows; more would cost accuracy (measured: 10 -> 0-1 memorized,
+    # accuracy 0.897 -> 0.80-0.82 for zero_out, 0.84-0.87 for slimming)
+    "zero_out": ["max_rows=2"],
     "activations": [],
-    "slimming": ["epochs=3"],
+    "slimming": ["epochs=1"],
     "hard_concrete": [],
     "integrated_gradients": ["ig_steps=2"],
 }

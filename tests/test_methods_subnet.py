@@ -174,8 +174,9 @@ def test_both_methods_lower_memorization_on_tiny_run(tiny_run) -> None:
     after = evaluate(subnet.model, data)
     assert after["n_memorized"] <= base["n_memorized"] - 3
 
-    # Checked on this fixture: 5 memorized -> 0 at -0.5 accuracy points.
-    balanced = build_method("balanced_subnet", ["ratio=0.02", "batch_size=32", "epochs=5"]).apply(
+    # Checked on this fixture (trained with 1 and with 2 threads): 10 memorized -> 0 at -0.7 to
+    # -1.3 accuracy points.
+    balanced = build_method("balanced_subnet", ["ratio=0.04", "batch_size=32", "epochs=8"]).apply(
         model, forget
     )
     after = evaluate(balanced.model, data)
@@ -183,6 +184,6 @@ def test_both_methods_lower_memorization_on_tiny_run(tiny_run) -> None:
     assert after["accuracy"] >= base["accuracy"] - 0.03
     mlp_total = sum(w.parameter.numel() for w in MLPAdapter(model).weight_matrices())
     assert balanced.changed_count == sum(
-        int(w.parameter.numel() * 0.02) for w in MLPAdapter(model).weight_matrices()
+        int(w.parameter.numel() * 0.04) for w in MLPAdapter(model).weight_matrices()
     )
     assert balanced.changed_fraction == pytest.approx(balanced.changed_count / mlp_total)
