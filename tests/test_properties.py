@@ -55,13 +55,7 @@ def props(max_examples: int) -> settings:
     )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is fastest, and on a loaded machine far faster than many."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ID_TO_CHAR = {i: ch for ch, i in MATH_VOCAB.items() if len(ch) == 1}

@@ -218,25 +218,19 @@ class GradientAscent(GradientTrainer):
 
 
 @METHODS.register("grad_diff")
-class GradDiff(GradientTrainer):
+class GradDiff(GradientAscent):
     """Gradient difference: ascend on the forget set, descend on the retain set (RESTOR "GA").
 
     RESTOR (Rezaei et al., arXiv 2411.00204; SOUL factory key ``GA+FT``); per step, with a
     forget batch x_f and a random retain batch x_r of the same size::
 
         L = −NLL(x_f) + γ·NLL(x_r)
+
+    The forget term is gradient ascent's; the retain term comes from ``RetainTermConfig``.
     """
 
     name = "grad_diff"
     Config = GradDiffConfig
-
-    def forget_stats(
-        self, model: Model, ref: Reference | None, rows: Tensor, ids: Tensor, mask: Tensor
-    ) -> Stats:
-        return {"logp": token_logprobs(model, ids, mask)}
-
-    def forget_loss(self, stats: Stats, mask: Tensor) -> Tensor:
-        return -masked_nll(stats["logp"], mask)
 
 
 @METHODS.register("kl")
