@@ -165,6 +165,18 @@ def test_a_killed_writers_temporaries_are_removed_and_its_aside_directory_restor
     ]
 
 
+def test_outputs_get_the_usual_modes_not_the_private_ones_of_temporaries(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "report.md", "# r")
+        with atomic_dir(tmp_path / "model") as tmp:
+            (tmp / "config.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755
+
+
 # -- train: killed during setup, then mid-training; the same command resumes ---------------------
 
 
