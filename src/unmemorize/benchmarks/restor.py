@@ -55,6 +55,7 @@ from ..metrics.knowledge import (
     recovery,
 )
 from ..models import build_model_for, save_model
+from ..runtime import context_length
 from ..train import train_on_batches
 from .restor_config import (
     PRESETS,
@@ -418,7 +419,8 @@ def run_restor_on_model(
     out = Path(out)
     check_output_dir(out, overwrite)  # the previous output stays until the new one is complete
     t0 = time.perf_counter()
-    max_length = int(getattr(clean.config, "max_position_embeddings", 0) or 0) or 1024
+    # the model's context (n_positions for GPT-2, max_position_embeddings for the rest), at most 1024
+    max_length = min(context_length(clean) or 1024, 1024)
     with atomic_dir(out) as tmp:  # OUT appears complete (summary.json included) or not at all
         summary = _run_pipeline(
             clean,
@@ -428,7 +430,7 @@ def run_restor_on_model(
             tmp,
             grid,
             progress=progress,
-            max_length=min(max_length, 1024),
+            max_length=max_length,
         )
         summary["model_dir"] = str(model_dir)
         summary["seconds"] = time.perf_counter() - t0
