@@ -102,7 +102,7 @@ def prepare(args: argparse.Namespace, tmp: Path) -> str:
     """Write the model directory and the sequence files of every size; a one-line summary."""
     import torch
 
-    from unmemorize.benchmarks.tinymem import make_experiment, new_model
+    from unmemorize.benchmarks.tinymem.experiment import make_experiment, new_model
     from unmemorize.data.tokenizers import math_tokenizer
     from unmemorize.models import save_model
 

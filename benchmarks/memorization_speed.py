@@ -69,9 +69,14 @@ import numpy as np
 import torch
 
 from unmemorize.benchmarks.shapes import PYTHIA_SHAPES, random_pythia
-from unmemorize.benchmarks.tinymem import load_run, make_experiment, train_experiment
-from unmemorize.data.base import TinyMemData
-from unmemorize.data.math import add_number_noise, encode_rows, number_strings, task_numbers
+from unmemorize.benchmarks.tinymem.data import TinyMemData
+from unmemorize.benchmarks.tinymem.experiment import load_run, make_experiment, train_experiment
+from unmemorize.benchmarks.tinymem.math_data import (
+    add_number_noise,
+    encode_rows,
+    number_strings,
+    task_numbers,
+)
 from unmemorize.metrics.memorization import generate_memorized, memorized
 from unmemorize.runtime import DTYPES, resolve_dtype
 

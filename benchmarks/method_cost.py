@@ -171,7 +171,7 @@ def _prepare_mini(
     """Train (or reuse) a cpu-mini run and save its unlearning sets; runs in a child process."""
     import torch
 
-    from unmemorize.benchmarks.tinymem import load_run, make_experiment, train_experiment
+    from unmemorize.benchmarks.tinymem.experiment import load_run, make_experiment, train_experiment
     from unmemorize.methods import NothingToUnlearnError, UnlearnData
     from unmemorize.methods.base import artifact_rows
 

@@ -46,7 +46,7 @@ import torch
 
 from unmemorize.mining import MiningResult, mine
 from unmemorize.models import ModelConfig, build_model
-from unmemorize.train import train_on_batches
+from unmemorize.training import train_on_batches
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -46,9 +46,9 @@ from collections.abc import Callable
 import torch
 
 from unmemorize.benchmarks.shapes import PYTHIA_SHAPES, matmul_parameters, random_pythia
-from unmemorize.benchmarks.tinymem import build_data, make_experiment, new_model
+from unmemorize.benchmarks.tinymem.experiment import build_data, make_experiment, new_model
 from unmemorize.runtime import add_runtime_args, resolve_device, resolve_dtype
-from unmemorize.train import train_on_batches
+from unmemorize.training import train_on_batches
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -10,7 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from unmemorize.benchmarks.tinymem import make_experiment, train_experiment  # noqa: E402
+from unmemorize.benchmarks.tinymem.experiment import make_experiment, train_experiment  # noqa: E402
 
 #: A tiny math experiment: 2 layers, d=32, context 48; memorizes most of its 40 noised rows in ~10 s.
 TINY_OVERRIDES = [

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from unmemorize.cli import main
+from unmemorize.cli.main import main
 from unmemorize.distributed import process_rank
 from unmemorize.methods import UnlearnData, build_method
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from unmemorize import io as uio
-from unmemorize.cli import main
+from unmemorize.cli.main import main
 from unmemorize.data.tokenizers import math_tokenizer
 from unmemorize.models import ModelConfig, build_model, save_model
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from unmemorize.cli import main
+from unmemorize.cli.main import main
 from unmemorize.data.tokenizers import math_tokenizer
 from unmemorize.metrics import generate_memorized
 from unmemorize.models import ModelConfig, build_model, save_model

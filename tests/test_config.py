@@ -13,13 +13,13 @@ from typing import Any, Optional
 
 import pytest
 
-from unmemorize.benchmarks.tinymem import PRESETS, ExperimentConfig, make_experiment
+from unmemorize.benchmarks.tinymem.experiment import PRESETS, ExperimentConfig, make_experiment
+from unmemorize.benchmarks.tinymem.math_data import MathDataConfig
+from unmemorize.benchmarks.tinymem.text_data import TextDataConfig
+from unmemorize.benchmarks.tinymem.train import TrainConfig
 from unmemorize.config import all_keys, apply_overrides, from_dict, parse_value, set_path, to_dict
-from unmemorize.data.math import MathDataConfig
-from unmemorize.data.text import TextDataConfig
 from unmemorize.models import ModelConfig
 from unmemorize.registry import Registry, UnknownNameError, suggest
-from unmemorize.train import TrainConfig
 
 # ---------------------------------------------------------------------------------- parse_value
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from unmemorize.data.base import MemorizationSet, TinyMemData, duplication_groups
-from unmemorize.data.math import (
+from unmemorize.benchmarks.tinymem.data import TinyMemData, duplication_groups
+from unmemorize.benchmarks.tinymem.math_data import (
     BACKDOOR_FILL_ID,
     MathDataConfig,
     add_number_noise,
@@ -23,6 +23,7 @@ from unmemorize.data.math import (
     number_strings,
     task_numbers,
 )
+from unmemorize.data.candidates import MemorizationSet
 from unmemorize.data.tokenizers import MATH_PAD_ID, MATH_VOCAB, encode_math, math_tokenizer
 from unmemorize.registry import UnknownNameError
 

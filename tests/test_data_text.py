@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from unmemorize.data.text import (
+from unmemorize.benchmarks.tinymem.text_data import (
     TextDataConfig,
     add_token_noise,
     chunk_stream,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from unmemorize.cli import main
+from unmemorize.cli.main import main
 from unmemorize.models import load_model
 
 
@@ -41,7 +41,7 @@ def test_demo_end_to_end(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_runs_every_method_and_ranks_them(tmp_path, capsys):
-    from unmemorize.benchmarks.tinymem import DEMO_GRID
+    from unmemorize.benchmarks.tinymem.experiment import DEMO_GRID
     from unmemorize.methods import METHODS
 
     from .conftest import TINY_OVERRIDES

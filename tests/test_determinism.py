@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from unmemorize.cli import main
+from unmemorize.cli.main import main
 
 from .conftest import TINY_OVERRIDES
 

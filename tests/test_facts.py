@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from unmemorize.data.facts import (
+from unmemorize.benchmarks.restor.facts import (
     ContextExample,
     Fact,
     FactSet,

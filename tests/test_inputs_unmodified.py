@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from unmemorize.cli import main
+from unmemorize.cli.main import main
 
 pytestmark = pytest.mark.slow  # runs RESTOR micro and a sweep end to end
 

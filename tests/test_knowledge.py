@@ -9,8 +9,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from unmemorize.data.facts import ContextExample, Fact, FactSet
-from unmemorize.metrics import (
+from unmemorize.benchmarks.restor.facts import ContextExample, Fact, FactSet
+from unmemorize.benchmarks.restor.knowledge import (
     alias_match,
     answer_logprob,
     check_encodable,

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from unmemorize.benchmarks.tinymem.train import evaluate
 from unmemorize.methods import UnlearnData, build_method
 from unmemorize.methods.ssd import dampen_, importance
 from unmemorize.mlp import MLPAdapter
-from unmemorize.train import evaluate
 
 from .test_methods_contract import snapshot, tiny_data
 from .zoo import V, make_model

@@ -13,10 +13,10 @@ import torch
 from unmemorize.methods import build_method
 from unmemorize.methods import subnet as subnet_module
 from unmemorize.methods import weight as weight_module
-from unmemorize.methods.selection import top_k_masks
+from unmemorize.methods.masking import top_k_masks
 from unmemorize.methods.subnet import lowest_k_mask, masked_weight
+from unmemorize.metrics.losses import sequence_losses
 from unmemorize.mlp import MLPAdapter
-from unmemorize.train import sequence_losses
 
 from .test_methods_contract import tiny_data
 from .zoo import make_model

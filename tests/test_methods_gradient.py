@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from unmemorize.benchmarks.tinymem.train import evaluate
 from unmemorize.methods import METHODS, UnlearnData, build_method
 from unmemorize.methods.gradient import (
     divergence_loss,
@@ -20,7 +21,6 @@ from unmemorize.methods.gradient import (
     target_logprobs,
     token_logprobs,
 )
-from unmemorize.train import evaluate
 
 from .test_methods_contract import tiny_data
 from .zoo import make_model

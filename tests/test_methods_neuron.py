@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import unmemorize.methods.neuron as neuron
+from unmemorize.benchmarks.tinymem.train import evaluate
 from unmemorize.methods import UnlearnData, build_method
 from unmemorize.methods.base import mean_sequence_loss
 from unmemorize.mlp import MLPAdapter
-from unmemorize.train import evaluate
 
 from .zoo import F, V, make_model
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from unmemorize.benchmarks.tinymem.train import evaluate
 from unmemorize.methods import UnlearnData, build_method
 from unmemorize.methods.subnet import (
     BalancedSubnetConfig,
@@ -19,8 +20,8 @@ from unmemorize.methods.subnet import (
     masked_weight,
     scheduled_lr,
 )
+from unmemorize.metrics.losses import sequence_losses
 from unmemorize.mlp import MLPAdapter
-from unmemorize.train import evaluate, sequence_losses
 
 from .zoo import V, make_model
 

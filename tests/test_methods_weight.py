@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from unmemorize.benchmarks.tinymem.train import evaluate
 from unmemorize.methods import UnlearnData, build_method
 from unmemorize.methods.base import forget_retain_batches
 from unmemorize.methods.weight import (
@@ -13,8 +14,8 @@ from unmemorize.methods.weight import (
     per_row_gradients,
     zero_top_global,
 )
+from unmemorize.metrics.losses import sequence_losses
 from unmemorize.mlp import MLPAdapter
-from unmemorize.train import evaluate, sequence_losses
 
 from .test_methods_contract import tiny_data
 from .zoo import make_model

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unmemorize.data.base import MemorizationSet
+from unmemorize.data.candidates import MemorizationSet
 from unmemorize.metrics import (
     MemorizationReport,
     accuracy_and_perplexity,
@@ -16,8 +16,8 @@ from unmemorize.metrics import (
     measure_memorization,
     memorized,
 )
+from unmemorize.metrics.losses import sequence_losses
 from unmemorize.models import ModelConfig, build_model
-from unmemorize.train import sequence_losses
 
 V, T, N = 14, 40, 48
 

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from unmemorize.cli import main
+from unmemorize.benchmarks.restor.world import word_tokenizer
+from unmemorize.cli.main import main
 from unmemorize.data.corpus import _JsonlCorpus, open_corpus
-from unmemorize.data.fact_world import word_tokenizer
 from unmemorize.data.sequences import read_sequences
 from unmemorize.metrics import generate_memorized
 from unmemorize.mining import _NgramIndex, mine
 from unmemorize.models import ModelConfig, build_model_for, save_model
-from unmemorize.train import train_on_batches
+from unmemorize.training import train_on_batches
 from unmemorize.unlearn import prepare
 
 P, K = 8, 8

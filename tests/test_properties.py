@@ -19,8 +19,9 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from unmemorize.data.fact_world import FactWorldConfig, make_fact_world, word_tokenizer
-from unmemorize.data.math import (
+from unmemorize.benchmarks.restor.knowledge import alias_match, normalize_answer
+from unmemorize.benchmarks.restor.world import FactWorldConfig, make_fact_world, word_tokenizer
+from unmemorize.benchmarks.tinymem.math_data import (
     BACKDOOR_FILL_ID,
     MathDataConfig,
     add_number_noise,
@@ -36,7 +37,6 @@ from unmemorize.data.tokenizers import (
     train_bpe_tokenizer,
 )
 from unmemorize.methods.base import remove_top_neurons_
-from unmemorize.metrics.knowledge import alias_match, normalize_answer
 from unmemorize.metrics.memorization import generate_memorized, memorized
 from unmemorize.mlp import MLPAdapter, ratio_count
 

@@ -20,10 +20,10 @@ import torch
 from safetensors import safe_open
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from unmemorize.cli import main
+from unmemorize.cli.main import main
 from unmemorize.data.tokenizers import train_bpe_tokenizer
 from unmemorize.models import load_model, save_model
-from unmemorize.train import train_on_batches
+from unmemorize.training import train_on_batches
 
 P = K = 8  # prefix and suffix tokens of every window (small: the models are tiny)
 N_FORGET, N_RETAIN, N_UNSEEN = 4, 6, 4

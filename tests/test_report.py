@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from unmemorize.benchmarks.restor import best_per_method
-from unmemorize.cli import main
-from unmemorize.metrics.selection import best_per, pareto_front, rank, selection_score
-from unmemorize.report import build_report
+from unmemorize.benchmarks.restor.pipeline import best_per_method
+from unmemorize.cli.main import main
+from unmemorize.metrics.ranking import best_per, pareto_front, rank, selection_score
+from unmemorize.report.build import build_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ENV = {
@@ -574,7 +574,7 @@ def test_report_of_a_real_demo(tmp_path):
     """End to end: a tiny real demo (two fast methods, their grid configs), then its report."""
     import torch
 
-    from unmemorize.benchmarks.tinymem import run_demo
+    from unmemorize.benchmarks.tinymem.experiment import run_demo
 
     from .conftest import TINY_OVERRIDES
 

@@ -9,16 +9,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from unmemorize.benchmarks.restor import (
+from unmemorize.benchmarks.restor.facts import FactsFormatError
+from unmemorize.benchmarks.restor.knowledge import few_shot_prompt
+from unmemorize.benchmarks.restor.pipeline import (
     CorruptConfig,
     file_task,
     make_restor_config,
     run_restor_on_model,
 )
-from unmemorize.cli import main
-from unmemorize.data.fact_world import RELATIONS, FactWorldConfig, make_fact_world, word_tokenizer
-from unmemorize.data.facts import FactsFormatError
-from unmemorize.metrics.knowledge import few_shot_prompt
+from unmemorize.benchmarks.restor.world import (
+    RELATIONS,
+    FactWorldConfig,
+    make_fact_world,
+    word_tokenizer,
+)
+from unmemorize.cli.main import main
 from unmemorize.models import ModelConfig, build_model, load_model
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "restor"
@@ -121,7 +126,7 @@ def _tiny_model(tok):
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_corrupt_model_trains_a_copy_and_merges_lora(mode):
-    from unmemorize.benchmarks.restor import corrupt_model
+    from unmemorize.benchmarks.restor.pipeline import corrupt_model
 
     world = make_fact_world(SMALL)
     tok = word_tokenizer(world.words())
@@ -256,7 +261,7 @@ def test_file_task_on_the_real_files():
 
 
 def test_simplified_forget_set_is_the_aligned_level_zero_documents():
-    from unmemorize.benchmarks.restor import synthetic_task
+    from unmemorize.benchmarks.restor.pipeline import synthetic_task
 
     cfg = make_restor_config("micro", level=2, simplified=True)
     world = make_fact_world(cfg.world)

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from unmemorize import distributed
-from unmemorize.cli import main
+from unmemorize.cli.main import main
 from unmemorize.lora import add_lora
 from unmemorize.methods import build_method
 from unmemorize.methods import trainer as trainer_module

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from unmemorize.metrics.selection import (
+from unmemorize.metrics.ranking import (
     NO_CHANGE_PENALTY,
     best_per,
     pareto_front,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from unmemorize.cli import main
+from unmemorize.cli.main import main
 from unmemorize.sweep import ResultsStore, StorageError, make_spec, resolve_space, run_sweep
 from unmemorize.sweep.backends import check_ray_address
 from unmemorize.sweep.spaces import (

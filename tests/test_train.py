@@ -8,9 +8,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from unmemorize.benchmarks.tinymem import build_data, make_experiment, new_model, train_experiment
+from unmemorize.benchmarks.tinymem.experiment import (
+    build_data,
+    make_experiment,
+    new_model,
+    train_experiment,
+)
+from unmemorize.benchmarks.tinymem.train import TrainConfig, latest_checkpoint, train
 from unmemorize.models import load_model
-from unmemorize.train import TrainConfig, TrainingDivergedError, latest_checkpoint, train
+from unmemorize.training import TrainingDivergedError
 
 SMALL = [
     "model.n_layers=2",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from unmemorize.cli import main
+from unmemorize.cli.main import main
 from unmemorize.methods import METHODS, UnlearnData
 from unmemorize.methods.base import NothingToUnlearnError, artifact_rows
 from unmemorize.metrics import measure_memorization
@@ -38,7 +38,7 @@ def test_from_tinymem_forgets_exactly_the_memorized_rows(tiny_run) -> None:
 
 
 def test_from_tinymem_refuses_a_model_that_memorizes_nothing(tiny_run) -> None:
-    from unmemorize.benchmarks.tinymem import new_model
+    from unmemorize.benchmarks.tinymem.experiment import new_model
 
     fresh = new_model(tiny_run.experiment, tiny_run.tokenizer)
     with pytest.raises(NothingToUnlearnError, match=r"nothing is memorized: 0 of \d+"):
@@ -72,7 +72,7 @@ def test_unlearn_cli_writes_model_and_run_json_and_keeps_input(tiny_run, tmp_pat
     assert "memorized" in printed and "score" in printed
     # the output is a TinyMem run again: measure works on it without --sequences
     assert main(["measure", "--model", str(out)]) == 0
-    from unmemorize.benchmarks.tinymem import load_run
+    from unmemorize.benchmarks.tinymem.experiment import load_run
 
     model, _, data = load_run(out)
     report = measure_memorization(model, data.memorization)
@@ -169,7 +169,7 @@ def test_unlearn_refuses_to_overwrite_its_input_or_a_full_out(tiny_run, tmp_path
 
 
 def test_unlearn_nothing_memorized_reports_the_figure(tiny_run, tmp_path, capsys) -> None:
-    from unmemorize.benchmarks.tinymem import new_model
+    from unmemorize.benchmarks.tinymem.experiment import new_model
 
     fresh_dir = tmp_path / "fresh"
     fresh = new_model(tiny_run.experiment, tiny_run.tokenizer)

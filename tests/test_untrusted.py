@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from unmemorize.cli import main
+from unmemorize.benchmarks.tinymem.text_data import load_corpus
+from unmemorize.cli.main import main
 from unmemorize.data.corpus import open_corpus
 from unmemorize.data.sequences import read_sequences
-from unmemorize.data.text import load_corpus
 from unmemorize.io import iter_jsonl, read_json, read_text, read_yaml
 from unmemorize.models import ModelConfig, ModelDirError, build_model, load_model, save_model
 

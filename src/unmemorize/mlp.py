@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from transformers.pytorch_utils import Conv1D
 
-from unmemorize.registry import suggest
+from .registry import suggest
 
 logger = logging.getLogger(__name__)
 

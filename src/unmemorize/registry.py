@@ -53,8 +53,20 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, T] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
-        """Decorator that registers its target under ``name`` (once)."""
+    def register(self, name: str | T) -> Callable[[T], T] | T:
+        """Register a thing once, by decorator.
+
+        ``@REG.register("name")`` registers its target under ``"name"``; a bare ``@REG.register``
+        on a class registers it under its own ``name`` attribute, so the name is written once.
+        """
+        if not isinstance(name, str):
+            obj = name
+            own = getattr(obj, "name", "")
+            if not isinstance(own, str) or not own:
+                raise ValueError(
+                    f"a {self.kind} registered without a name needs a `name` attribute"
+                )
+            return self.register(own)(obj)
 
         def decorate(obj: T) -> T:
             if name in self._entries:
@@ -63,6 +75,10 @@ class Registry(Generic[T]):
             return obj
 
         return decorate
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (for tests and plugins that register temporarily)."""
+        self._entries.pop(name, None)
 
     def get(self, name: str) -> T:
         """Return the entry for ``name`` or raise :class:`UnknownNameError` with suggestions."""

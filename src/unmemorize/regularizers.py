@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from unmemorize.mlp import MLPAdapter, find_decoder_layers, in_out_view, ratio_count
-from unmemorize.registry import Registry, suggest
+from .mlp import MLPAdapter, find_decoder_layers, in_out_view, ratio_count
+from .registry import Registry, suggest
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,10 @@ import argparse
 import json
 import logging
 import math
+import os
+import platform
 import struct
+import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -338,3 +341,33 @@ __all__ = [
     "run_in_batches",
     "safetensors_parameter_count",
 ]
+
+
+def environment() -> dict:
+    """Versions and machine facts recorded in every run.json."""
+    import torch
+    import transformers
+
+    sha = None
+    try:
+        sha = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                cwd=Path(__file__).resolve().parent,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "git_sha": sha,
+    }

@@ -30,13 +30,13 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .data.base import TinyMemData
+from .benchmarks.tinymem.data import TinyMemData
 from .data.sequences import read_sequences
 from .distributed import is_main_process
 from .io import check_output_dir
 from .methods import METHODS, Method, NothingToUnlearnError, UnlearnData, build_method
 from .metrics.memorization import memorized_sharded
-from .metrics.selection import selection_score
+from .metrics.ranking import selection_score
 from .metrics.utility import accuracy_and_perplexity
 from .mlp import MLPAdapter
 from .models import save_model
@@ -82,8 +82,8 @@ def prepare(
         NothingToUnlearnError: the model memorizes none of the forget candidates.
         ValueError / FileNotFoundError / ModelDirError: bad inputs, with how to fix them.
     """
-    from .benchmarks.tinymem import load_run
-    from .train import evaluate as evaluate_tinymem
+    from .benchmarks.tinymem.experiment import load_run
+    from .benchmarks.tinymem.train import evaluate as evaluate_tinymem
 
     model, tokenizer, run_data = load_run(model_dir, dtype=dtype, device=device)
     model.eval()
@@ -201,7 +201,7 @@ def unlearn(
         The ``run.json`` record: method, config, data sizes, ``before``/``after`` metrics, the
         selection ``score`` (lower is better), the method's own summary and seconds.
     """
-    from .benchmarks.tinymem import environment
+    from .runtime import environment
 
     t0 = time.perf_counter()
     out = Path(out)

@@ -1,12 +1,9 @@
-"""TinyMem datasets: arithmetic sequences and text chunks with noise, duplication and backdoors."""
+"""Generic inputs: token-sequence files, corpora, tokenizers and memorization candidates.
 
-from .base import MemorizationSet, TinyMemData, duplication_groups
-from .math import MathDataConfig, make_math_data
+Benchmark data (TinyMem's arithmetic and text generators, RESTOR's fact world) lives with its
+benchmark under :mod:`unmemorize.benchmarks`.
+"""
 
-__all__ = [
-    "MathDataConfig",
-    "MemorizationSet",
-    "TinyMemData",
-    "duplication_groups",
-    "make_math_data",
-]
+from .candidates import MemorizationSet
+
+__all__ = ["MemorizationSet"]

@@ -2,7 +2,7 @@
 
 Importing this package registers every method in :data:`METHODS`::
 
-    from unmemorize.methods import METHODS, UnlearnData, build_method
+    from . import METHODS, UnlearnData, build_method
     method = build_method("balanced_subnet", ["ratio=0.1", "epochs=30"])
     result = method.apply(model, UnlearnData(forget_ids, retain_ids, pad_id=...))
 """

@@ -32,13 +32,13 @@ from typing import Any, ClassVar
 import torch
 from transformers import PreTrainedModel
 
+from ..benchmarks.tinymem.data import TinyMemData
 from ..config import parse_value
-from ..data.base import TinyMemData
+from ..metrics.losses import sequence_losses
 from ..metrics.memorization import MemorizationReport, measure_memorization
 from ..mlp import MLPAdapter, ratio_count
 from ..registry import Registry, suggest
-from ..train import sequence_losses
-from .selection import edited_layers
+from .masking import edited_layers
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from ..metrics.losses import sequence_losses
 from ..runtime import adamw
-from ..train import sequence_losses
 from .base import (
     METHODS,
     Edit,

@@ -30,8 +30,8 @@ import torch.nn.functional as F_
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from ..metrics.losses import sequence_losses
 from ..mlp import MLPAdapter
-from ..train import sequence_losses
 from .base import (
     METHODS,
     Edit,
@@ -44,7 +44,7 @@ from .base import (
     model_device,
     row_batches,
 )
-from .selection import LayersConfig
+from .masking import LayersConfig
 
 logger = logging.getLogger(__name__)
 

@@ -40,8 +40,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 from transformers import PreTrainedModel
 
+from ..metrics.losses import sequence_losses
 from ..mlp import MaskStats, MLPAdapter, MLPWeight, ratio_count
-from ..train import sequence_losses
 from .base import (
     METHODS,
     Edit,
@@ -55,7 +55,7 @@ from .base import (
     model_device,
     row_batches,
 )
-from .selection import LayersConfig, edited_layers
+from .masking import LayersConfig, edited_layers
 
 logger = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from ..metrics.losses import sequence_losses
 from ..mlp import MLPAdapter, MLPWeight, ratio_count
-from ..train import sequence_losses
 from .base import (
     METHODS,
     Edit,
@@ -42,7 +42,7 @@ from .base import (
     model_device,
     row_batches,
 )
-from .selection import LayersConfig, edited_layers, top_k_masks
+from .masking import LayersConfig, edited_layers, top_k_masks
 
 logger = logging.getLogger(__name__)
 

@@ -1,19 +1,8 @@
-"""Metrics: memorization (exact-match extraction), utility (accuracy, perplexity), knowledge (QA)."""
+"""Generic metrics: token losses, memorization (exact-match extraction), utility, ranking.
 
-from .knowledge import (
-    QAResult,
-    Scorer,
-    alias_match,
-    answer_logprob,
-    check_encodable,
-    few_shot_prompt,
-    generate_answers,
-    logit_analysis,
-    normalize_answer,
-    qa_accuracy,
-    random_candidates,
-    recovery,
-)
+Benchmark-specific scoring (RESTOR's QA accuracy) lives with its benchmark.
+"""
+
 from .memorization import (
     MemorizationReport,
     generate_memorized,
@@ -25,18 +14,6 @@ from .utility import accuracy_and_perplexity, evaluate_utility
 
 __all__ = [
     "MemorizationReport",
-    "QAResult",
-    "Scorer",
-    "alias_match",
-    "answer_logprob",
-    "check_encodable",
-    "few_shot_prompt",
-    "generate_answers",
-    "logit_analysis",
-    "normalize_answer",
-    "qa_accuracy",
-    "random_candidates",
-    "recovery",
     "accuracy_and_perplexity",
     "evaluate_utility",
     "generate_memorized",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from ..data.base import MemorizationSet
+from ..data.candidates import MemorizationSet
 from ..distributed import run_sharded
 from ..runtime import run_in_batches
 

@@ -60,7 +60,7 @@ def trial_output(sweep_dir: str | Path, key: str) -> Path:
 @functools.lru_cache(maxsize=2)
 def _base(model_dir: str, device: str):
     """The base model, its data, the unlearning data and the forget indices (once per process)."""
-    from ..benchmarks.tinymem import load_run
+    from ..benchmarks.tinymem.experiment import load_run
     from ..methods import UnlearnData
 
     model, _tokenizer, data = load_run(model_dir)
@@ -83,10 +83,10 @@ def run_trial(task: TrialTask) -> dict[str, Any]:
 
     import torch
 
-    from ..benchmarks.tinymem import evaluate_edit
+    from ..benchmarks.tinymem.experiment import evaluate_edit
     from ..io import atomic_write_json
     from ..methods import MethodDivergedError, build_method
-    from ..metrics.selection import selection_score
+    from ..metrics.ranking import selection_score
     from .spaces import params_to_overrides
 
     if task.threads:

@@ -95,7 +95,7 @@ def make_spec(
     Raises:
         ValueError: unknown benchmark/preset/method/option, bad values, empty grid, bad model dir.
     """
-    from ..benchmarks.tinymem import make_experiment
+    from ..benchmarks.tinymem.experiment import make_experiment
 
     if benchmark not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {benchmark!r}: choose one of {', '.join(BENCHMARKS)}")
@@ -174,7 +174,7 @@ class _SweepLock:
 
 def _base_model(spec: SweepSpec, out: Path, progress: bool) -> Path:
     """The base model directory: ``spec.model``, or a cpu-mini run trained (or resumed) in DIR/base."""
-    from ..benchmarks.tinymem import is_finished_run, make_experiment, train_experiment
+    from ..benchmarks.tinymem.experiment import is_finished_run, make_experiment, train_experiment
 
     if spec.model is not None:
         return Path(spec.model)
@@ -188,7 +188,7 @@ def _base_model(spec: SweepSpec, out: Path, progress: bool) -> Path:
 
 def _baseline(model_dir: Path, out: Path) -> dict:
     """Metrics of the unedited base model (cached in DIR/baseline.json)."""
-    from ..benchmarks.tinymem import evaluate_edit, load_run
+    from ..benchmarks.tinymem.experiment import evaluate_edit, load_run
     from ..methods import UnlearnData
 
     path = out / "baseline.json"
@@ -422,8 +422,8 @@ def write_summary(
 
     Rows have the keys of a demo run row plus ``trial``, ``params``, ``status`` and ``pareto``.
     """
-    from ..benchmarks.tinymem import environment
-    from ..metrics.selection import best_per, pareto_front, rank
+    from ..metrics.ranking import best_per, pareto_front, rank
+    from ..runtime import environment
 
     out = Path(out)
     spec, storage = load_spec(out)

@@ -23,9 +23,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..registry import suggest
-from .base import MemorizationSet, TinyMemData, duplication_groups
-from .tokenizers import MATH_PAD_ID, MATH_VOCAB
+from ...data.candidates import MemorizationSet
+from ...data.tokenizers import MATH_PAD_ID, MATH_VOCAB
+from ...registry import suggest
+from .data import TinyMemData, duplication_groups
 
 TASKS = ("increment", "mult")
 VARIANTS = ("noise", "backdoor")

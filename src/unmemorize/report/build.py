@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_dir, atomic_write_text, check_writable
-from .io import read_json as safe_read_json
-from .report_restor import restor_section
-from .report_sections import (
+from ..benchmarks.restor.report import restor_section
+from ..io import atomic_dir, atomic_write_text, check_writable
+from ..io import read_json as safe_read_json
+from .sections import (
     KIND_LABELS,
     Figure,
     Section,
@@ -392,7 +392,7 @@ def build_report(dirs: list[Path], out: Path, *, progress: bool = False) -> Repo
     with atomic_dir(out / "figures") as tmp:
         for f in figures:
             (tmp / f.filename).write_bytes(f.png)
-    from . import __version__
+    from .. import __version__
 
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     generated = f"Generated {now} by unmemorize {__version__} from {len(sections)} director" + (

@@ -88,7 +88,7 @@ def pareto_png(
     """
     from matplotlib.lines import Line2D
 
-    from .metrics.selection import pareto_front
+    from ..metrics.ranking import pareto_front
 
     points = [(x, y) for pts in series.values() for x, y, _ in pts]
     n = len(series) + 3

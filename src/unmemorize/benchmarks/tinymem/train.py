@@ -24,19 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from .data.base import TinyMemData
-from .io import atomic_dir, atomic_write_json, read_json
-from .metrics import evaluate_utility, measure_memorization
-from .runtime import adamw
+from ...io import atomic_dir, atomic_write_json, read_json
+from ...metrics import evaluate_utility, measure_memorization
+from ...metrics.losses import sequence_losses
+from ...training import TrainingDivergedError
+from .data import TinyMemData
 
 log = logging.getLogger(__name__)
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -74,24 +70,13 @@ class TrainConfig:
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.lr_schedule not in ("constant", "cosine"):
-            from .registry import suggest
+            from ...registry import suggest
 
             raise suggest(self.lr_schedule, ["constant", "cosine"], "lr_schedule")
         if self.regularizer:
-            from .regularizers import build_regularizer
+            from ...regularizers import build_regularizer
 
             build_regularizer(self.regularizer, **self.regularizer_options)  # name and options
-
-
-def sequence_losses(model: PreTrainedModel, x: torch.Tensor, pad_id: int | None) -> torch.Tensor:
-    """[B] mean next-token cross-entropy of each sequence in ``x`` [B, T], pad targets excluded."""
-    logits = model(input_ids=x[:, :-1], use_cache=False).logits  # [B, T-1, V]
-    target = x[:, 1:]
-    ce = F.cross_entropy(logits.transpose(1, 2).float(), target, reduction="none")  # [B, T-1]
-    if pad_id is None:
-        return ce.mean(dim=1)
-    keep = (target != pad_id).float()
-    return (ce * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
 
 
 def evaluate(model: PreTrainedModel, data: TinyMemData, batch_size: int = 512) -> dict:
@@ -164,7 +149,7 @@ def train(
     )
     regularizer = None
     if cfg.regularizer:
-        from .regularizers import build_regularizer
+        from ...regularizers import build_regularizer
 
         regularizer = build_regularizer(cfg.regularizer, **cfg.regularizer_options)
         regularizer.attach(model)
@@ -301,75 +286,3 @@ def _load_checkpoint(path: Path, model, optimizer, regularizer) -> tuple[int, li
         regularizer.load_state_dict(torch.load(path / "regularizer.pt", weights_only=True))
     trainer_state = read_json(path / "trainer_state.json")
     return int(trainer_state["epoch"]), list(trainer_state["history"])
-
-
-# --------------------------------------------------------------------------- plain LM training
-
-
-def warmup_cosine(step: int, total: int, warmup: int, floor: float) -> float:
-    """Learning-rate multiplier: linear warmup over ``warmup`` steps, then cosine to ``floor``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    frac = (step - warmup) / max(1, total - warmup)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
-
-
-def train_on_batches(
-    model: PreTrainedModel,
-    batches: Callable[[int], torch.Tensor],
-    steps: int,
-    *,
-    lr: float,
-    pad_id: int | None,
-    warmup: int = 0,
-    lr_floor: float = 0.1,
-    weight_decay: float = 0.1,
-    betas: tuple[float, float] = (0.9, 0.98),
-    progress: bool = False,
-    desc: str = "train",
-) -> list[float]:
-    """Next-token training of ``model`` in place on ``batches(step) -> ids [B, T]`` (right-padded).
-
-    The loss is the mean over rows of each row's token-mean cross-entropy (pad targets excluded);
-    AdamW over the parameters that require grad, warmup then cosine decay to ``lr * lr_floor``.
-    Used for RESTOR's clean pre-training and corruption, where data come from a stream rather
-    than a fixed TinyMem training set.
-
-    Returns:
-        The loss of every step.
-
-    Raises:
-        TrainingDivergedError: the loss became NaN or infinite.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adamw(params, lr=lr, weight_decay=weight_decay, betas=betas)
-    device = next(model.parameters()).device
-    model.train()
-    losses: list[float] = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc=desc, unit="step", dynamic_ncols=True)
-    try:
-        for step in range(steps):
-            for group in optimizer.param_groups:
-                group["lr"] = lr * warmup_cosine(step, steps, warmup, lr_floor)
-            loss = sequence_losses(model, batches(step).to(device), pad_id).mean()
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"{desc}: loss became {loss.item()} at step {step + 1}; lower the learning rate"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            if bar is not None:
-                bar.update(1)
-                if step % 20 == 0:
-                    bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    finally:
-        if bar is not None:
-            bar.close()
-    model.eval()
-    return losses

@@ -41,23 +41,12 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..config import to_dict
-from ..data.fact_world import make_fact_world, word_tokenizer
-from ..data.facts import FactSet
-from ..io import atomic_dir, atomic_write_json, check_output_dir
-from ..metrics.knowledge import (
-    QAResult,
-    Scorer,
-    alias_match,
-    check_encodable,
-    logit_analysis,
-    qa_accuracy,
-    recovery,
-)
-from ..models import build_model_for, save_model
-from ..runtime import context_length
-from ..train import train_on_batches
-from .restor_config import (
+from ...config import to_dict
+from ...io import atomic_dir, atomic_write_json, check_output_dir
+from ...models import build_model_for, save_model
+from ...runtime import context_length
+from ...training import train_on_batches
+from .config import (
     PRESETS,
     RESTOR_GRID,
     CleanTrainConfig,
@@ -67,7 +56,17 @@ from .restor_config import (
     UnlearnSetConfig,
     make_restor_config,
 )
-from .restor_task import (
+from .facts import FactSet
+from .knowledge import (
+    QAResult,
+    Scorer,
+    alias_match,
+    check_encodable,
+    logit_analysis,
+    qa_accuracy,
+    recovery,
+)
+from .task import (
     RestorTask,
     clean_batches,
     document_pad_id,
@@ -75,6 +74,7 @@ from .restor_task import (
     file_task,
     synthetic_task,
 )
+from .world import make_fact_world, word_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def corrupt_model(
     cfg.validate()
     model = copy.deepcopy(model)
     if cfg.mode == "lora":
-        from ..lora import add_lora
+        from ...lora import add_lora
 
         model = add_lora(model, cfg.lora_rank, cfg.lora_alpha)
     rng = random.Random(cfg.seed * 1_000_003 + 23)
@@ -215,7 +215,7 @@ def corrupt_model(
         desc="corrupt",
     )
     if cfg.mode == "lora":
-        from ..lora import merge_lora
+        from ...lora import merge_lora
 
         model = merge_lora(model)
     model.eval()
@@ -228,7 +228,7 @@ def _unlearn_data(
     retain: Sequence[str],
     max_length: int,
 ):
-    from ..methods import UnlearnData
+    from ...methods import UnlearnData
 
     # One encoding pass pads forget and retain rows to a common width, as UnlearnData needs.
     ids = encode_documents(tokenizer, [*forget, *retain], max_length)
@@ -254,7 +254,7 @@ def run_unlearning(
     """Apply every configuration of ``grid`` to ``corrupted``; one evaluated row per run."""
     from tqdm.auto import tqdm
 
-    from ..methods import MethodDivergedError, build_method
+    from ...methods import MethodDivergedError, build_method
 
     data = _unlearn_data(tokenizer, forget, retain, max_length)
     clean, corr = reference["clean"], reference["corrupted"]
@@ -315,7 +315,7 @@ def best_per_method(rows: Sequence[dict]) -> dict[str, dict]:
 def _resolve_grid(
     methods: Sequence[str] | None, grid: dict[str, list[list[str]]] | None
 ) -> dict[str, list[list[str]]]:
-    from ..methods import METHODS
+    from ...methods import METHODS
 
     grid = dict(RESTOR_GRID if grid is None else grid)
     names = list(grid) if methods is None else list(methods)
@@ -409,7 +409,7 @@ def run_restor_on_model(
     Only ``cfg.corrupt`` and ``cfg.eval`` are used; corruption has no replay (RESTOR's pure
     continual pre-training).
     """
-    from ..models import load_model
+    from ...models import load_model
 
     cfg = cfg or make_restor_config()
     cfg.validate()
@@ -491,7 +491,7 @@ def _run_pipeline(
     )
     timings["unlearn"] = time.perf_counter() - start
     best = best_per_method(runs)
-    from .tinymem import environment
+    from ...runtime import environment
 
     return {
         "config": to_dict(cfg),

@@ -36,7 +36,7 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from ..io import atomic_write_json
+from ...io import atomic_write_json
 from .facts import ContextExample, Fact, FactSet
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"

@@ -11,8 +11,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from . import report_plots as plots
-from .report_sections import Figure, Section, Table, finite, num, pct, seconds_figure, secs
+from ...render import plots
+from ...render.model import Figure, Section, Table, finite, num, pct, seconds_figure, secs
 
 
 def restor_section(index: int, title: str, record: Mapping) -> Section:

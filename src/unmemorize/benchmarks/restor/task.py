@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..data.fact_world import FactWorld
-from ..data.facts import FactSet
-from ..io import atomic_write_json
-from .restor_config import CleanTrainConfig, RestorConfig
+from ...io import atomic_write_json
+from .config import CleanTrainConfig, RestorConfig
+from .facts import FactSet
+from .world import FactWorld
 
 
 def document_pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -147,7 +147,7 @@ def file_task(
     Raises:
         FactsFormatError: a file of the wrong shape, or documents that name no known entity.
     """
-    from ..data.facts import FactsFormatError, doc_subjects, load_docs, load_entities, load_facts
+    from .facts import FactsFormatError, doc_subjects, load_docs, load_entities, load_facts
 
     fact_set = load_facts(facts)
     known = load_entities(entities) if entities else fact_set.entities()

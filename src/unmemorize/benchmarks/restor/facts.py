@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io import iter_jsonl, read_json
+from ...io import iter_jsonl, read_json
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..config import apply_overrides
-from ..data.fact_world import FactWorldConfig
-from ..models import ModelConfig
-from ..registry import Registry
+from ...config import apply_overrides
+from ...models import ModelConfig
+from ...registry import Registry
+from .world import FactWorldConfig
 
 PRESETS: Registry = Registry("RESTOR preset")
 
@@ -80,7 +80,7 @@ class CorruptConfig:
 
     def validate(self) -> None:
         if self.mode not in ("full", "lora"):
-            from ..registry import suggest
+            from ...registry import suggest
 
             raise suggest(self.mode, ["full", "lora"], "corruption mode")
         if self.epochs < 1 or self.docs_per_batch < 1 or self.replay_per_batch < 0:

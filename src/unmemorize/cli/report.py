@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Build the report and print where it is and each section's main table."""
-    from ..report import build_report
+    from ..report.build import build_report
 
     dirs = [Path(d) for d in args.dirs]
     out = Path(args.out) if args.out else dirs[0]

@@ -19,9 +19,7 @@ import dataclasses
 import logging
 import math
 import os
-import platform
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,19 +29,19 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..config import apply_overrides, from_dict, to_dict
-from ..data.base import TinyMemData
-from ..data.math import MathDataConfig, make_math_data
-from ..data.text import TextDataConfig, make_text_data
-from ..data.tokenizers import math_tokenizer
-from ..io import atomic_dir, atomic_write_json, prepare_output_dir, read_json
-from ..metrics.memorization import MemorizationReport, measure_memorization
-from ..metrics.selection import best_per, rank, selection_score
-from ..metrics.utility import evaluate_utility
-from ..models import ModelConfig, build_model_for, count_parameters, load_model
-from ..registry import Registry, suggest
-from ..runtime import resolve_device
-from ..train import TrainConfig, evaluate, latest_checkpoint, train
+from ...config import apply_overrides, from_dict, to_dict
+from ...data.tokenizers import math_tokenizer
+from ...io import atomic_dir, atomic_write_json, prepare_output_dir, read_json
+from ...metrics.memorization import MemorizationReport, measure_memorization
+from ...metrics.ranking import best_per, rank, selection_score
+from ...metrics.utility import evaluate_utility
+from ...models import ModelConfig, build_model_for, count_parameters, load_model
+from ...registry import Registry, suggest
+from ...runtime import environment, resolve_device
+from .data import TinyMemData
+from .math_data import MathDataConfig, make_math_data
+from .text_data import TextDataConfig, make_text_data
+from .train import TrainConfig, evaluate, latest_checkpoint, train
 
 log = logging.getLogger(__name__)
 
@@ -170,35 +168,6 @@ def build_data(exp: ExperimentConfig) -> tuple[TinyMemData, PreTrainedTokenizerB
 
 def new_model(exp: ExperimentConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     return build_model_for(exp.model, tokenizer, seed=exp.train.seed)
-
-
-def environment() -> dict:
-    """Versions and machine facts recorded in every run.json."""
-    import transformers
-
-    sha = None
-    try:
-        sha = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                cwd=Path(__file__).resolve().parent,
-                capture_output=True,
-                text=True,
-                timeout=5,
-            ).stdout.strip()
-            or None
-        )
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "git_sha": sha,
-    }
 
 
 @dataclass
@@ -397,7 +366,7 @@ def run_methods(
     """
     from tqdm.auto import tqdm
 
-    from ..methods import MethodDivergedError, UnlearnData, build_method
+    from ...methods import MethodDivergedError, UnlearnData, build_method
 
     unlearn_data, report = UnlearnData.from_tinymem(model, data)
     forget_index = report.memorized_indices()
@@ -455,7 +424,7 @@ def run_demo(
         "perplexity", "seconds", "score", "config", ...}}, "runs": [...], "seconds": ...}``;
         ``methods`` holds each method's best run (lowest score), best first.
     """
-    from ..methods import METHODS, NothingToUnlearnError
+    from ...methods import METHODS, NothingToUnlearnError
 
     out = Path(out)
     t0 = time.perf_counter()

@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
-from .runtime import DEVICE_MAPS, add_runtime_args, check_window, resolve_device, resolve_dtype
+from .. import __version__
+from ..runtime import DEVICE_MAPS, add_runtime_args, check_window, resolve_device, resolve_dtype
 
 EXAMPLES = """\
 examples:
@@ -53,9 +53,9 @@ _DISK_ERRORS = {
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from .methods.base import MethodDivergedError
-    from .models import ModelDirError
-    from .train import TrainingDivergedError
+    from ..methods.base import MethodDivergedError
+    from ..models import ModelDirError
+    from ..training import TrainingDivergedError
 
     return (
         UserError,
@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=["methods", "presets", "tasks", "regularizers", "keys"])
     ls.add_argument("--task", default="increment", help="task whose config keys to list")
 
-    from .commands import register_all
+    from .plugins import register_all
 
     register_all(sub)
     return parser
@@ -353,7 +353,7 @@ def _quiet_transformers() -> None:
 
 
 def cmd_demo(args) -> int:
-    from .benchmarks.tinymem import run_demo
+    from ..benchmarks.tinymem.experiment import run_demo
 
     device = resolve_device(args.device)
     methods = None
@@ -413,7 +413,7 @@ def format_method_table(rows, baseline: dict) -> str:
 
 
 def cmd_train(args) -> int:
-    from .benchmarks.tinymem import make_experiment, train_experiment
+    from ..benchmarks.tinymem.experiment import make_experiment, train_experiment
 
     device = resolve_device(args.device)
     exp = make_experiment(args.preset, args.task, args.variant, args.overrides)
@@ -436,11 +436,11 @@ def cmd_train(args) -> int:
 def cmd_measure(args) -> int:
     import torch
 
-    from .benchmarks.tinymem import load_run
-    from .data.sequences import iter_sequences
-    from .distributed import is_main_process, launched_processes, run_sharded
-    from .io import atomic_write_json
-    from .metrics import MemorizationReport, generate_memorized, memorized_sharded
+    from ..benchmarks.tinymem.experiment import load_run
+    from ..data.sequences import iter_sequences
+    from ..distributed import is_main_process, launched_processes, run_sharded
+    from ..io import atomic_write_json
+    from ..metrics import MemorizationReport, generate_memorized, memorized_sharded
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be positive")
@@ -450,7 +450,7 @@ def cmd_measure(args) -> int:
             "process loads its own copy: use one or the other"
         )
     if args.json:
-        from .io import check_output_file
+        from ..io import check_output_file
 
         check_output_file(args.json, "--json")  # before the work, not after it
     model, tokenizer, data = load_run(
@@ -562,7 +562,7 @@ def cmd_measure(args) -> int:
 
 
 def cmd_unlearn(args) -> int:
-    from .unlearn import unlearn
+    from ..unlearn import unlearn
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be positive")
@@ -582,7 +582,7 @@ def cmd_unlearn(args) -> int:
         dtype=resolve_dtype(args.dtype),
         device=resolve_device(args.device),
     )
-    from .distributed import is_main_process
+    from ..distributed import is_main_process
 
     if not is_main_process():
         return 0  # under `accelerate launch`, rank 0 prints and writes
@@ -607,7 +607,7 @@ def cmd_unlearn(args) -> int:
 
 
 def cmd_restor(args) -> int:
-    from .benchmarks.restor import (
+    from ..benchmarks.restor.pipeline import (
         file_task,
         format_restor_table,
         make_restor_config,
@@ -665,7 +665,7 @@ def cmd_restor(args) -> int:
 def cmd_restor_stats(args) -> int:
     import json
 
-    from .data.facts import fact_stats, load_docs, load_entities, load_facts
+    from ..benchmarks.restor.facts import fact_stats, load_docs, load_entities, load_facts
 
     facts = load_facts(args.facts)
     entities = load_entities(args.entities) if args.entities else None
@@ -675,11 +675,11 @@ def cmd_restor_stats(args) -> int:
 
 
 def cmd_ls(args) -> int:
-    from .benchmarks.tinymem import PRESETS, TASKS, make_experiment
-    from .config import all_keys
+    from ..benchmarks.tinymem.experiment import PRESETS, TASKS, make_experiment
+    from ..config import all_keys
 
     if args.what == "methods":
-        from .unlearn import describe_methods
+        from ..unlearn import describe_methods
 
         for d in describe_methods():
             print(f"{d['name']}  [{d['family']}]  {d['summary']}")
@@ -694,7 +694,7 @@ def cmd_ls(args) -> int:
     elif args.what == "tasks":
         print("\n".join(TASKS))
     elif args.what == "regularizers":
-        from .regularizers import REGULARIZERS
+        from ..regularizers import REGULARIZERS
 
         for name in REGULARIZERS.names():
             doc = (REGULARIZERS.get(name).__doc__ or "").strip().splitlines()[0]

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from ..data.facts import ContextExample, Fact, FactSet
+from .facts import ContextExample, Fact, FactSet
 
 #: (prediction, accepted answers) -> correct?
 Scorer = Callable[[str, Sequence[str]], bool]

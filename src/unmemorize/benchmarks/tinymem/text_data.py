@@ -43,10 +43,11 @@ import torch
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
-from ..io import iter_jsonl, read_text
-from ..registry import suggest
-from .base import MemorizationSet, TinyMemData, duplication_groups
-from .tokenizers import train_bpe_tokenizer
+from ...data.candidates import MemorizationSet
+from ...data.tokenizers import train_bpe_tokenizer
+from ...io import iter_jsonl, read_text
+from ...registry import suggest
+from .data import TinyMemData, duplication_groups
 
 logger = logging.getLogger(__name__)
 

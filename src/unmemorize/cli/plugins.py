@@ -19,4 +19,4 @@ COMMAND_MODULES: tuple[str, ...] = ("sweep", "mine", "report")
 def register_all(sub: argparse._SubParsersAction) -> None:
     """Add every command of :data:`COMMAND_MODULES` to ``sub``."""
     for name in COMMAND_MODULES:
-        importlib.import_module(f"{__name__}.{name}").register(sub)
+        importlib.import_module(f"{__package__}.{name}").register(sub)

@@ -1,0 +1,1 @@
+"""Presentation primitives shared by every report section: tables, figures, number formats."""
