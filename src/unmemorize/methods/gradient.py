@@ -193,7 +193,7 @@ class TaskVectorConfig(TrainerConfig):
 # --------------------------------------------------------------------------- methods
 
 
-@METHODS.register("ga")
+@METHODS.register
 class GradientAscent(GradientTrainer):
     """Gradient ascent: raise the NLL of the forget set (RESTOR's "GA" without retain).
 
@@ -217,7 +217,7 @@ class GradientAscent(GradientTrainer):
         return -masked_nll(stats["logp"], mask)
 
 
-@METHODS.register("grad_diff")
+@METHODS.register
 class GradDiff(GradientAscent):
     """Gradient difference: ascend on the forget set, descend on the retain set (RESTOR "GA").
 
@@ -233,7 +233,7 @@ class GradDiff(GradientAscent):
     Config = GradDiffConfig
 
 
-@METHODS.register("kl")
+@METHODS.register
 class KLUnlearning(GradientTrainer):
     """KL unlearning: push the forget-set predictions away from the starting model's.
 
@@ -266,7 +266,7 @@ class KLUnlearning(GradientTrainer):
         return -self.config.forget_weight * masked_mean(stats["divergence"], mask)
 
 
-@METHODS.register("npo")
+@METHODS.register
 class NPO(GradientTrainer):
     """Negative preference optimization: gradient ascent that fades once a sequence is forgotten.
 
@@ -300,7 +300,7 @@ class NPO(GradientTrainer):
         return npo_loss(lp, ref_lp, self.config.beta)
 
 
-@METHODS.register("simnpo")
+@METHODS.register
 class SimNPO(GradientTrainer):
     """SimNPO: reference-free, length-normalized NPO.
 
@@ -326,7 +326,7 @@ class SimNPO(GradientTrainer):
         return simnpo_loss(lp, self.config.beta, self.config.margin)
 
 
-@METHODS.register("task_vector")
+@METHODS.register
 class TaskVector(GradientTrainer):
     """Task arithmetic: fine-tune on the forget set, then subtract the learned direction.
 

@@ -36,7 +36,6 @@ from .base import (
     METHODS,
     Edit,
     NeuronMethod,
-    UnlearnData,
     check_finite_loss,
     check_positive,
     check_ratio,
@@ -44,6 +43,7 @@ from .base import (
     model_device,
     row_batches,
 )
+from .data import UnlearnData
 from .masking import LayersConfig
 
 logger = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ class ZeroOutConfig(LayersConfig):
         _validate(self, ("batch_size", "max_rows"))
 
 
-@METHODS.register("zero_out")
+@METHODS.register
 class ZeroOut(NeuronMethod):
     """Remove the neurons whose single ablation raises the memorized rows' loss the most.
 
@@ -246,7 +246,7 @@ class ActivationsConfig(LayersConfig):
         _validate(self, ("batch_size",))
 
 
-@METHODS.register("activations")
+@METHODS.register
 class Activations(NeuronMethod):
     """Remove the neurons that write the most into the residual stream on the memorized text.
 
@@ -415,7 +415,7 @@ class SlimmingConfig(LayersConfig):
         _validate(self, ("epochs", "lr", "batch_size"), ("lambda_l1", "stop_loss"))
 
 
-@METHODS.register("slimming")
+@METHODS.register
 class Slimming(_GatedMethod):
     """Learn a sparse [0, 1] gate per neuron that keeps the memorized loss low; remove the kept.
 
@@ -471,7 +471,7 @@ class HardConcreteConfig(LayersConfig):
         )
 
 
-@METHODS.register("hard_concrete")
+@METHODS.register
 class HardConcrete(_GatedMethod):
     """Learn L0 hard-concrete gates per neuron that keep the memorized loss low; remove the kept.
 
@@ -518,7 +518,7 @@ class IntegratedGradientsConfig(LayersConfig):
         _validate(self, ("ig_steps", "batch_size", "max_rows"))
 
 
-@METHODS.register("integrated_gradients")
+@METHODS.register
 class IntegratedGradients(NeuronMethod):
     """Remove the neurons with the largest integrated gradient on the memorized tokens.
 

@@ -18,7 +18,8 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from ..mlp import MLPAdapter
-from .base import METHODS, Edit, Method, UnlearnData, freeze, model_device, row_batches
+from .base import METHODS, Edit, Method, freeze, model_device, row_batches
+from .data import UnlearnData
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def dampen_(
     return int((beta < 1).sum())
 
 
-@METHODS.register("ssd")
+@METHODS.register
 class SSD(Method):
     """Selective Synaptic Dampening: shrink the weights far more important to the forget set.
 

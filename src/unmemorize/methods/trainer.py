@@ -41,7 +41,8 @@ from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 from .. import distributed
 from ..lora import add_lora, check_lora, merge_lora
 from ..runtime import EVAL_OVERHEAD, adamw, available_memory, run_in_batches
-from .base import Edit, Method, UnlearnData, check_finite_loss, freeze, model_device
+from .base import Edit, Method, check_finite_loss, freeze, model_device
+from .data import UnlearnData
 
 Model = PreTrainedModel
 Tensor = torch.Tensor
