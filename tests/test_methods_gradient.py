@@ -13,15 +13,8 @@ import torch.nn.functional as F
 from unmemorize.benchmarks.tinymem.train import evaluate
 from unmemorize.benchmarks.tinymem.unlearn_data import tinymem_unlearn_data
 from unmemorize.methods import METHODS, UnlearnData, build_method
-from unmemorize.methods.gradient import (
-    divergence_loss,
-    masked_nll,
-    npo_loss,
-    reduce_logprobs,
-    simnpo_loss,
-    target_logprobs,
-    token_logprobs,
-)
+from unmemorize.methods.gradient import divergence_loss, npo_loss, reduce_logprobs, simnpo_loss
+from unmemorize.metrics.losses import masked_nll, target_logprobs, token_logprobs
 
 from .test_methods_contract import tiny_data
 from .zoo import make_model

@@ -25,19 +25,10 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from ..metrics.losses import masked_nll, next_token_logits, token_logprobs
 from ..registry import suggest
 from .base import METHODS
-from .trainer import (
-    RESTOR,
-    GradientTrainer,
-    Reference,
-    RetainTermConfig,
-    TrainerConfig,
-    forward_logits,
-    masked_nll,
-    target_logprobs,
-    token_logprobs,
-)
+from .trainer import RESTOR, GradientTrainer, Reference, RetainTermConfig, TrainerConfig
 
 Model = PreTrainedModel
 Tensor = torch.Tensor
@@ -259,7 +250,9 @@ class KLUnlearning(GradientTrainer):
     ) -> Stats:
         logq = ref.log_probs(rows, ids, mask)  # [B, T-1, V]
         kind = self.config.divergence
-        d = divergence_per_position(forward_logits(model, ids), logq, kind, ref_is_log_probs=True)
+        d = divergence_per_position(
+            next_token_logits(model, ids), logq, kind, ref_is_log_probs=True
+        )
         return {"divergence": d}
 
     def forget_loss(self, stats: Stats, mask: Tensor) -> Tensor:
@@ -374,12 +367,8 @@ __all__ = [
     "TrainerConfig",
     "divergence_loss",
     "divergence_per_position",
-    "forward_logits",
     "masked_mean",
-    "masked_nll",
     "npo_loss",
     "reduce_logprobs",
     "simnpo_loss",
-    "target_logprobs",
-    "token_logprobs",
 ]

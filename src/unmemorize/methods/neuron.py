@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F_
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from ..metrics.losses import sequence_losses
+from ..metrics.losses import row_mean_loss, sequence_losses, token_cross_entropy
 from ..mlp import MLPAdapter
 from .base import (
     METHODS,
@@ -116,18 +115,6 @@ class _CopyRunner:
         if logits.shape[0] != copies:
             raise RuntimeError(f"expected {copies} copies of the row, got {logits.shape[0]}")
         return logits
-
-
-def _copy_losses(logits: torch.Tensor, target: torch.Tensor, pad_id: int | None) -> torch.Tensor:
-    """[C] token-mean CE of each copy (as :func:`sequence_losses`): logits [C, T-1, V], target
-    [T-1]."""
-    ce = F_.cross_entropy(
-        logits.transpose(1, 2).float(), target.expand(len(logits), -1), reduction="none"
-    )  # [C, T-1]
-    if pad_id is None:
-        return ce.mean(dim=1)
-    keep = (target != pad_id).float()
-    return (ce * keep).sum(dim=1) / keep.sum().clamp(min=1.0)
 
 
 def _row_subset(n: int, max_rows: int | None, seed: int) -> torch.Tensor:
@@ -225,7 +212,9 @@ class ZeroOut(NeuronMethod):
                         return acts * mask[:, None, :].to(acts.dtype)  # [C, T, F]
 
                     logits = runner.logits(ids[:, :-1], layer, len(neurons), ablate)
-                    sums[li][neurons] += _copy_losses(logits, ids[0, 1:], data.pad_id).double()
+                    target = ids[0, 1:].expand(len(logits), -1)  # [C, T-1]
+                    ce = token_cross_entropy(logits, target)  # [C, T-1]
+                    sums[li][neurons] += row_mean_loss(ce, target, data.pad_id).double()
         mean_base = base.mean()
         return [(s / len(rows) - mean_base).float().cpu() for s in sums]
 
