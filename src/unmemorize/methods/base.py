@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import PreTrainedModel
 
-from ..config import parse_value
+from ..config import parse_overrides, parse_value
 from ..metrics.losses import sequence_losses
 from ..mlp import MLPAdapter, ratio_count
 from ..registry import Registry, suggest
@@ -217,7 +217,11 @@ def build_method(
     fields = {f.name: f for f in dataclasses.fields(cls.Config)}
     hints = _type_hints(cls.Config)
     values: dict[str, Any] = dict(kwargs)
-    items = overrides.items() if isinstance(overrides, dict) else _split_overrides(overrides)
+    if isinstance(overrides, dict):
+        items = overrides.items()
+    else:
+        split = parse_overrides(overrides, what="method option", example="ratio=0.05")
+        items = ((_strip_method_prefix(key), value) for key, value in split)
     for key, value in items:
         if key not in fields:
             raise suggest(key, list(fields), f"{name} option", f"(options: {', '.join(fields)})")
@@ -230,15 +234,9 @@ def build_method(
     return cls(**values)
 
 
-def _split_overrides(overrides: Sequence[str]) -> Iterator[tuple[str, str]]:
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(
-                f"method option {item!r} is not of the form key=value (e.g. ratio=0.05)"
-            )
-        key, value = item.split("=", 1)
-        key = key.strip()
-        yield (key[len("method.") :] if key.startswith("method.") else key), value.strip()
+def _strip_method_prefix(key: str) -> str:
+    """``method.ratio`` -> ``ratio``: an option may be written with the ``method.`` prefix."""
+    return key[len("method.") :] if key.startswith("method.") else key
 
 
 def _type_hints(cls: type) -> dict[str, Any]:
