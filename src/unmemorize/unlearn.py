@@ -31,6 +31,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .benchmarks.tinymem.data import TinyMemData
+from .benchmarks.tinymem.unlearn_data import tinymem_unlearn_data
 from .data.sequences import read_sequences
 from .distributed import is_main_process
 from .io import check_output_dir
@@ -105,7 +106,7 @@ def prepare(
                 f"nothing is memorized: 0 of {baseline['n_candidates']} candidate sequences "
                 f"({baseline['memorized_fraction']:.1%}); nothing to unlearn"
             )
-        data, _ = UnlearnData.from_tinymem(model, run_data, batch_size=batch_size)
+        data, _ = tinymem_unlearn_data(model, run_data, batch_size=batch_size)
         if retain is not None:
             data = dataclasses.replace(data, retain_ids=_read(retain, model, tokenizer, data))
         return UnlearnSetup(

@@ -61,13 +61,13 @@ def trial_output(sweep_dir: str | Path, key: str) -> Path:
 def _base(model_dir: str, device: str):
     """The base model, its data, the unlearning data and the forget indices (once per process)."""
     from ..benchmarks.tinymem.experiment import load_run
-    from ..methods import UnlearnData
+    from ..benchmarks.tinymem.unlearn_data import tinymem_unlearn_data
 
     model, _tokenizer, data = load_run(model_dir)
     if data is None:
         raise ValueError(f"{model_dir} has no TinyMem data/ directory")
     model.to(device)
-    unlearn_data, report = UnlearnData.from_tinymem(model, data)
+    unlearn_data, report = tinymem_unlearn_data(model, data)
     return model, data, unlearn_data, report.memorized_indices()
 
 

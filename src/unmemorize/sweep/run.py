@@ -189,7 +189,7 @@ def _base_model(spec: SweepSpec, out: Path, progress: bool) -> Path:
 def _baseline(model_dir: Path, out: Path) -> dict:
     """Metrics of the unedited base model (cached in DIR/baseline.json)."""
     from ..benchmarks.tinymem.experiment import evaluate_edit, load_run
-    from ..methods import UnlearnData
+    from ..benchmarks.tinymem.unlearn_data import tinymem_unlearn_data
 
     path = out / "baseline.json"
     if path.is_file():
@@ -197,7 +197,7 @@ def _baseline(model_dir: Path, out: Path) -> dict:
         if cached.get("model_dir") == str(model_dir):
             return cached["baseline"]
     model, _tok, data = load_run(model_dir)
-    unlearn_data, report = UnlearnData.from_tinymem(model, data)  # raises NothingToUnlearnError
+    unlearn_data, report = tinymem_unlearn_data(model, data)  # raises NothingToUnlearnError
     baseline = evaluate_edit(model, data, report.memorized_indices(), report)
     atomic_write_json(path, {"model_dir": str(model_dir), "baseline": baseline})
     return baseline

@@ -28,6 +28,7 @@ import itertools
 import json
 from typing import Any
 
+from ..config import format_overrides
 from ..registry import suggest
 
 Space = dict[str, dict[str, Any]]
@@ -200,12 +201,7 @@ def grid_points(options: dict[str, list]) -> list[dict[str, Any]]:
 
 def params_to_overrides(params: dict[str, Any]) -> list[str]:
     """``{"lr": 1e-4, "divergence": "kl"}`` -> ``["divergence=kl", "lr=0.0001"]``."""
-    out = []
-    for key in sorted(params):
-        value = params[key]
-        text = value if isinstance(value, str) else json.dumps(value)
-        out.append(f"{key}={text}")
-    return out
+    return format_overrides(params)
 
 
 def trial_key(method: str, params: dict[str, Any]) -> str:

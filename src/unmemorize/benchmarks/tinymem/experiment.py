@@ -366,9 +366,10 @@ def run_methods(
     """
     from tqdm.auto import tqdm
 
-    from ...methods import MethodDivergedError, UnlearnData, build_method
+    from ...methods import MethodDivergedError, build_method
+    from .unlearn_data import tinymem_unlearn_data
 
-    unlearn_data, report = UnlearnData.from_tinymem(model, data)
+    unlearn_data, report = tinymem_unlearn_data(model, data)
     forget_index = report.memorized_indices()
     baseline = evaluate_edit(model, data, forget_index, report)
     jobs = [(name, overrides) for name, configs in grid.items() for overrides in configs]
