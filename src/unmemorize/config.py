@@ -11,6 +11,7 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any
 
 from .registry import suggest
@@ -140,6 +141,20 @@ def to_dict(config: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
+def format_overrides(params: Mapping[str, Any]) -> list[str]:
+    """``{"lr": 1e-4, "divergence": "kl"}`` -> ``["divergence=kl", "lr=0.0001"]``.
+
+    The ``key=value`` strings recorded for a run given its options as data: keys sorted, strings
+    as they are, every other value as JSON (so ``true``, ``0.0001``, ``[1, 2]``).
+    """
+    out = []
+    for key in sorted(params):
+        value = params[key]
+        text = value if isinstance(value, str) else json.dumps(value)
+        out.append(f"{key}={text}")
+    return out
+
+
 def from_dict(cls: type, data: dict) -> Any:
     """Rebuild config dataclass ``cls`` from :func:`to_dict` output; unknown keys are errors."""
     hints = typing.get_type_hints(cls)
@@ -157,4 +172,12 @@ def from_dict(cls: type, data: dict) -> Any:
     return cls(**kwargs)
 
 
-__all__ = ["all_keys", "apply_overrides", "from_dict", "parse_value", "set_path", "to_dict"]
+__all__ = [
+    "all_keys",
+    "apply_overrides",
+    "format_overrides",
+    "from_dict",
+    "parse_value",
+    "set_path",
+    "to_dict",
+]
