@@ -69,6 +69,18 @@ def test_grid_points_are_the_cartesian_product_in_a_stable_order():
     assert space_size({"lr": {"low": 1e-5, "high": 1e-3}}) is None
 
 
+def test_grid_points_take_fixed_values_and_unions_of_hand_picked_grids():
+    assert grid_points({"lr": [1, 2], "epochs": 3}) == [
+        {"epochs": 3, "lr": 1},
+        {"epochs": 3, "lr": 2},
+    ]
+    assert grid_points([{"lr": 3, "epochs": 2}, {"lr": [1, 2], "divergence": "ce"}]) == [
+        {"epochs": 2, "lr": 3},
+        {"divergence": "ce", "lr": 1},
+        {"divergence": "ce", "lr": 2},
+    ]
+
+
 def test_trial_keys_are_stable_and_distinguish_configs():
     a = trial_key("ga", {"lr": 1e-5, "epochs": 1})
     assert a == trial_key("ga", {"epochs": 1, "lr": 1e-5})  # order does not matter

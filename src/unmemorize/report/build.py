@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..benchmarks.restor.report import restor_section
 from ..io import atomic_dir, atomic_write_text, check_writable
 from ..io import read_json as safe_read_json
 from .sections import (
@@ -182,7 +181,9 @@ def build_section(index: int, path: Path, kind: str, record: dict) -> Section:
         if kind in ("demo", "sweep"):
             return tinymem_section(index, title, kind, record, training_history(path, record))
         if kind == "restor":
-            return restor_section(index, title, record)
+            from ..benchmarks import get_benchmark
+
+            return get_benchmark("restor").report_section(index, title, record)
         if kind == "train":
             history_file = path / "history.json"
             history = read_json(history_file) if history_file.is_file() else None

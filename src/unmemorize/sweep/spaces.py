@@ -190,13 +190,18 @@ def _check_point(method: str, params: dict[str, Any]) -> None:
         raise ValueError(f"search space {method} {params}: {err}") from None
 
 
-def grid_points(options: dict[str, list]) -> list[dict[str, Any]]:
-    """Every combination of the listed values, in a stable order (keys sorted)."""
+def grid_points(options: dict[str, Any] | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every combination of the listed values, in a stable order (keys sorted).
+
+    A value that is not a list is a fixed value (one point along that option); a LIST of option
+    dicts is the union of their grids, in order (hand-picked combinations, e.g.
+    ``[{"lr": 3e-5}, {"divergence": "cross_entropy", "lr": 2e-5}]``).
+    """
+    if isinstance(options, list):
+        return [point for part in options for point in grid_points(part)]
     keys = sorted(options)
-    return [
-        dict(zip(keys, combo, strict=True))
-        for combo in itertools.product(*(options[k] for k in keys))
-    ]
+    values = [options[k] if isinstance(options[k], list) else [options[k]] for k in keys]
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
 
 
 def params_to_overrides(params: dict[str, Any]) -> list[str]:
