@@ -87,5 +87,6 @@ def _list_benchmarks(what: str, only: str | None) -> None:
                 sizes = [space_size(options) for options in spec.values()]
                 points = "ranges (TPE only)" if None in sizes else f"{sum(sizes)} points"
                 mark = "  (default)" if space == type(bench).default_space else ""
-                print(f"  {space:<12}{len(spec):>4} methods  {points}{mark}")
+                methods = f"{len(spec):>4} method" + ("" if len(spec) == 1 else "s")
+                print(f"  {space:<12}{methods}  {points}{mark}")
         print()
