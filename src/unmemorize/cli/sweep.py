@@ -94,8 +94,9 @@ def _read_space(text: str):
 
 
 def cmd_sweep(args) -> int:
+    from ..errors import UserError
     from ..sweep import load_spec, make_spec, run_sweep
-    from .main import UserError, format_method_table
+    from .common import format_method_table
 
     if args.resume and args.out and Path(args.out) != Path(args.resume):
         raise UserError("give either --resume DIR or --out DIR, not both")
