@@ -114,6 +114,20 @@ def set_path(config: Any, key: str, text: str) -> None:
     setattr(target, leaf, value)
 
 
+def format_overrides(values: dict[str, Any]) -> list[str]:
+    """``{"lr": 1e-4, "divergence": "kl"}`` -> ``["divergence=kl", "lr=0.0001"]``.
+
+    The inverse of parsing ``key=value`` overrides, as recorded next to every result: keys
+    sorted, strings as they are, every other value as JSON (so ``parse_value`` reads it back).
+    """
+    out = []
+    for key in sorted(values):
+        value = values[key]
+        text = value if isinstance(value, str) else json.dumps(value)
+        out.append(f"{key}={text}")
+    return out
+
+
 def all_keys(config: Any, prefix: str = "") -> list[str]:
     """Every overridable dotted key of a nested config (fields of its sub-configs)."""
     keys = []
@@ -157,4 +171,12 @@ def from_dict(cls: type, data: dict) -> Any:
     return cls(**kwargs)
 
 
-__all__ = ["all_keys", "apply_overrides", "from_dict", "parse_value", "set_path", "to_dict"]
+__all__ = [
+    "all_keys",
+    "apply_overrides",
+    "format_overrides",
+    "from_dict",
+    "parse_value",
+    "set_path",
+    "to_dict",
+]
