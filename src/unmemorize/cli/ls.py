@@ -65,7 +65,7 @@ def _list_benchmarks(what: str, only: str | None) -> None:
     """``ls benchmarks``: each benchmark's paper, metrics and spaces; ``ls spaces``: the spaces'
     sizes. Built-in benchmarks that fail to import fail the command (never listed as absent)."""
     from ..benchmarks import benchmark_names, get_benchmark
-    from ..sweep.spaces import space_size
+    from ..benchmarks.spaces import space_size
 
     names = [only] if only is not None else benchmark_names()
     for name in names:

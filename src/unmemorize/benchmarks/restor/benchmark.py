@@ -176,7 +176,9 @@ class RestorBenchmark(Benchmark):
 
     # -- presenting ---------------------------------------------------------------------------
 
-    def report_section(self, index: int, title: str, record: Mapping[str, Any]) -> Section:
+    def report_section(
+        self, index: int, title: str, record: Mapping[str, Any], *, path: Path | None = None
+    ) -> Section:
         """Clean vs corrupted vs each method's best run: tables and accuracy / log-prob figures."""
         from .report import restor_section
 

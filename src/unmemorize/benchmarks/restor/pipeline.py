@@ -164,7 +164,7 @@ def run_restor(
         methods: run only these methods (default: every method of ``grid``; an empty list
             stops after corruption); a method ``grid`` does not name runs with its defaults.
         grid: the search space, ``{method: options}`` in the one format of
-            :mod:`unmemorize.sweep.spaces` (default: :class:`RestorBenchmark`'s ``default``).
+            :mod:`unmemorize.benchmarks.spaces` (default: :class:`RestorBenchmark`'s ``default``).
 
     Returns:
         The summary: ``{"clean", "corrupted", "methods": {name: {target_accuracy,

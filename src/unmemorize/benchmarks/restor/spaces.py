@@ -1,4 +1,4 @@
-"""RESTOR's search spaces, as data (the one format of :mod:`unmemorize.sweep.spaces`).
+"""RESTOR's search spaces, as data (the one format of :mod:`unmemorize.benchmarks.spaces`).
 
 RESTOR (Rezaei et al., arXiv 2411.00204) picks each method's hyperparameters on 10% of the facts
 but did not publish its grid. ``default`` gives every method that takes a forget/retain pair two
