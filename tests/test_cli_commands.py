@@ -209,3 +209,34 @@ def test_measure_pipeline_returns_what_the_cli_writes(tiny_run, tmp_path, capsys
 
 def test_cli_package_exposes_main():
     assert cli_main is main
+
+
+def test_plugins_env_registers_a_method_from_outside_the_package(tmp_path, monkeypatch, capsys):
+    """A method in a user's own module reaches the CLI through $UNMEMORIZE_PLUGINS."""
+    from unmemorize.methods import METHODS
+
+    (tmp_path / "my_plugin_methods.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from unmemorize.methods import METHODS, Edit, Method\n\n"
+        "@dataclass\nclass PlugConfig:\n    factor: float = 0.5\n\n"
+        "@METHODS.register\nclass Plug(Method):\n"
+        "    '''A test plugin.'''\n"
+        "    name, family, paper, Config = 'plug_test', 'weight', 'none', PlugConfig\n\n"
+        "    def run(self, model, data, progress):\n        return Edit(0, 1, 'parameters')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("UNMEMORIZE_PLUGINS", "my_plugin_methods")
+    try:
+        assert main(["ls", "methods"]) == 0
+        assert "plug_test" in capsys.readouterr().out
+    finally:
+        METHODS.unregister("plug_test")
+
+
+def test_plugins_env_naming_a_missing_module_is_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("UNMEMORIZE_PLUGINS", "no_such_plugin_module_xyz")
+    assert main(["ls", "methods"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and "UNMEMORIZE_PLUGINS" in err[0] and "no_such_plugin_module_xyz" in err[0]
+    )

@@ -97,6 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PLUGINS_ENV = "UNMEMORIZE_PLUGINS"
+
+
+def load_plugins() -> None:
+    """Import the modules named in ``$UNMEMORIZE_PLUGINS`` (comma-separated), so that methods and
+    benchmarks defined outside the package register themselves before the command runs."""
+    for name in filter(None, (n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(","))):
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise UserError(
+                f"{PLUGINS_ENV} names {name!r}, which does not import ({err}); put its folder "
+                "on PYTHONPATH or fix the name"
+            ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
@@ -114,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quiet_transformers()
     try:
+        load_plugins()
         return args.handler(args) or 0
     except BrokenPipeError:  # e.g. `unmemorize ls keys | head`
         sys.stderr.close()

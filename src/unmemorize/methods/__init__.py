@@ -12,6 +12,7 @@ from __future__ import annotations
 from . import finetune, gradient, neuron, ssd, subnet, weight  # noqa: F401  (registration)
 from .base import (
     METHODS,
+    Edit,
     Method,
     MethodDivergedError,
     UnlearnResult,
@@ -21,6 +22,7 @@ from .data import NothingToUnlearnError, UnlearnData
 
 __all__ = [
     "METHODS",
+    "Edit",
     "Method",
     "MethodDivergedError",
     "NothingToUnlearnError",
