@@ -46,6 +46,7 @@ from transformers import PreTrainedTokenizerFast
 from ...data.candidates import MemorizationSet
 from ...data.tokenizers import train_bpe_tokenizer
 from ...io import iter_jsonl, read_text
+from ...metrics.ranking import TEXT_SET
 from ...registry import suggest
 from .data import TinyMemData, duplication_groups
 
@@ -464,7 +465,7 @@ def make_text_data(
     data = TinyMemData(
         train_ids=torch.from_numpy(np.ascontiguousarray(train_ids)),
         train_copies=train_copies,
-        test_sets={"text": torch.from_numpy(np.ascontiguousarray(test_ids))},
+        test_sets={TEXT_SET: torch.from_numpy(np.ascontiguousarray(test_ids))},
         memorization=memorization,
         pad_id=None,
         info=info,
