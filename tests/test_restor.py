@@ -88,6 +88,28 @@ def test_corruption_documents_state_the_wrong_objects_and_align_across_levels():
         world.corruption_documents(-1)
 
 
+def _named(text: str, people) -> set[str]:
+    """The people of ``people`` that ``text`` names (full names are unique words)."""
+    return {p for p in people if p in text}
+
+
+@pytest.mark.parametrize("world_cfg", [SMALL, make_restor_config("micro").world])
+def test_unrelated_context_never_states_facts_of_evaluated_people(world_cfg):
+    # RESTOR's level-k documents mix in true "unrelated" statements; drawn from evaluated people
+    # they would make unlearning the documents hit the collateral (untargeted) metric directly
+    world = make_fact_world(world_cfg)
+    evaluated, people = set(world.evaluated), world.facts.entities()
+    for level in (1, 3):
+        context_people: set[str] = set()
+        docs = world.corruption_documents(level)
+        for (target, _), doc in zip(world.doc_relations, docs, strict=True):
+            others = _named(doc, people) - {target}
+            assert not others & evaluated, (level, doc)
+            context_people |= others
+        assert context_people <= set(world.unevaluated)  # and the check is not vacuous:
+        assert len(context_people) > 1
+
+
 def test_word_tokenizer_covers_the_world_and_keeps_newlines():
     world = make_fact_world(SMALL)
     tok = word_tokenizer(world.words())
