@@ -269,14 +269,16 @@ class FactWorld:
             yield "qa", self.qa_document(rng)
 
     def retain_documents(self, n: int, seed: int = 1, qa_share: float = 1 / 3) -> list[str]:
-        """``n`` clean documents that never mention a target (an unlearning retain set).
+        """``n`` clean documents that never mention an evaluated person (an unlearning retain set).
 
-        The clean training mix without the targets: biographies of non-target people and, for a
-        ``qa_share`` of the documents, QA documents (which are about QA-trained people only).
-        Biographies alone would let a retain term drift the model away from answering questions.
+        The clean training mix without the evaluated people: biographies of :attr:`unevaluated`
+        people and, for a ``qa_share`` of the documents, QA documents (which are about
+        QA-trained people only). Biographies alone would let a retain term drift the model away
+        from answering questions; biographies of the untargeted people would train the retain
+        term on exactly the facts that measure collateral damage.
         """
         rng = random.Random(seed)
-        others = [e for e in self.facts.entities() if e not in set(self.targets)]
+        others = self.unevaluated
         return [
             self.qa_document(rng)
             if rng.random() < qa_share
