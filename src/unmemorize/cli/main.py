@@ -15,7 +15,15 @@ import time
 from pathlib import Path
 
 from .. import __version__
-from ..runtime import DEVICE_MAPS, add_runtime_args, check_window, resolve_device, resolve_dtype
+from ..runtime import (
+    DEVICE_MAPS,
+    add_runtime_args,
+    add_window_args,
+    check_window,
+    resolve_device,
+    resolve_dtype,
+    resolve_window,
+)
 
 EXAMPLES = """\
 examples:
@@ -134,10 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         help='jsonl: {"input_ids": [...]}, {"text": ...} or '
         '{"prefix_ids": [...], "target_ids": [...]} per line',
     )
-    me.add_argument("--prefix-len", type=int, help="P: prompt tokens (default: the run's, or 32)")
-    me.add_argument(
-        "--suffix-len", type=int, help="K: tokens that must match (default: the run's, or 32)"
-    )
+    add_window_args(me, "the run's, or 32")
     me.add_argument("--json", help="write the report (with per-sequence verdicts) to this file")
     me.add_argument(
         "--batch-size",
@@ -183,8 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="eval_file",
         help="jsonl of held-out sequences for accuracy/perplexity (default: the retain set)",
     )
-    un.add_argument("--prefix-len", type=int, help="P for --forget files (default 32)")
-    un.add_argument("--suffix-len", type=int, help="K for --forget files (default 32)")
+    add_window_args(un, "32; for --forget files")
     un.add_argument("--batch-size", type=int, default=512, help="sequences per metric pass")
     add_runtime_args(un)
     un.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
@@ -444,6 +448,7 @@ def cmd_measure(args) -> int:
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be positive")
+    args.prefix_len, args.suffix_len = resolve_window(args.window, args.prefix_len, args.suffix_len)
     if args.device_map is not None and launched_processes() > 1:
         raise UserError(
             "--device-map spreads one model over every GPU; under a multi-process launch each "
@@ -469,7 +474,7 @@ def cmd_measure(args) -> int:
         mem = data.memorization
         if args.prefix_len is not None or args.suffix_len is not None:
             raise UserError(
-                "--prefix-len/--suffix-len apply to --sequences; a run uses its own window"
+                "--prefix-len/--suffix-len/--window apply to --sequences; a run uses its own window"
             )
         k = mem.suffix_len
         chunks = [(mem.prompt_ids, mem.target_ids, mem.prefix_len)]
@@ -566,6 +571,7 @@ def cmd_unlearn(args) -> int:
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be positive")
+    prefix_len, suffix_len = resolve_window(args.window, args.prefix_len, args.suffix_len)
     record = unlearn(
         args.model,
         args.method,
@@ -574,8 +580,8 @@ def cmd_unlearn(args) -> int:
         forget=args.forget,
         retain=args.retain,
         eval_file=args.eval_file,
-        prefix_len=args.prefix_len,
-        suffix_len=args.suffix_len,
+        prefix_len=prefix_len,
+        suffix_len=suffix_len,
         overwrite=args.overwrite,
         progress=not args.no_progress,
         batch_size=args.batch_size,
