@@ -12,9 +12,9 @@ Models:
 * ``cpu-mini``: the TinyMem cpu-mini model (4-layer GPT-2, d=64), trained here in a child
   process for ``--mini-epochs`` epochs with the project's pipeline
   (:func:`unmemorize.benchmarks.tinymem.train_experiment`), or reused from ``--cpu-mini-dir``.
-  The forget set is what it memorizes (:meth:`UnlearnData.from_tinymem`), or, when a short
-  training memorized nothing, its noised candidates; the retain set is capped at
-  ``--retain-rows`` clean training rows.
+  The forget set is what it memorizes (``tinymem_unlearn_data``), or, when a short training
+  memorized nothing, its noised candidates; the retain set is capped at ``--retain-rows`` clean
+  training rows.
 * ``pythia-70m`` (``--pythia``): a random-weight GPT-NeoX with Pythia's real shape
   (:func:`unmemorize.benchmarks.shapes.random_pythia`). Random weights memorize nothing, so the
   forget set is ``--forget-rows`` random token rows fed directly through ``UnlearnData``, the
@@ -172,8 +172,8 @@ def _prepare_mini(
     import torch
 
     from unmemorize.benchmarks.tinymem.experiment import load_run, make_experiment, train_experiment
+    from unmemorize.benchmarks.tinymem.unlearn_data import artifact_rows, tinymem_unlearn_data
     from unmemorize.methods import NothingToUnlearnError, UnlearnData
-    from unmemorize.methods.base import artifact_rows
 
     torch.set_num_threads(threads)
     run_dir = Path(out)
@@ -188,7 +188,7 @@ def _prepare_mini(
         if data is None:
             raise ValueError(f"{run_dir} is not an `unmemorize train` run (no data/ inside)")
     try:
-        unlearn, _ = UnlearnData.from_tinymem(model, data)
+        unlearn, _ = tinymem_unlearn_data(model, data)
         source = "memorized"
     except NothingToUnlearnError:
         mem = data.memorization

@@ -17,7 +17,16 @@ from unmemorize.benchmarks.tinymem.experiment import PRESETS, ExperimentConfig, 
 from unmemorize.benchmarks.tinymem.math_data import MathDataConfig
 from unmemorize.benchmarks.tinymem.text_data import TextDataConfig
 from unmemorize.benchmarks.tinymem.train import TrainConfig
-from unmemorize.config import all_keys, apply_overrides, from_dict, parse_value, set_path, to_dict
+from unmemorize.config import (
+    all_keys,
+    apply_overrides,
+    format_overrides,
+    from_dict,
+    parse_overrides,
+    parse_value,
+    set_path,
+    to_dict,
+)
 from unmemorize.models import ModelConfig
 from unmemorize.registry import Registry, UnknownNameError, suggest
 
@@ -180,6 +189,28 @@ def test_override_errors(mini, item, match):
 def test_value_may_contain_equals_sign(mini):
     exp = apply_overrides(mini, ['train.regularizer_options={"expr": "a=b"}'])
     assert exp.train.regularizer_options == {"expr": "a=b"}
+
+
+def test_parse_overrides_splits_at_the_first_equals_sign_and_strips():
+    got = list(parse_overrides([" lr = 1e-4", 'opts={"a": "b=c"}'], example="lr=1"))
+    assert got == [("lr", "1e-4"), ("opts", '{"a": "b=c"}')]
+    with pytest.raises(
+        ValueError, match=r"^method option 'ratio' is not of the form key=value \(e\.g\. r=1\)$"
+    ):
+        list(parse_overrides(["ratio"], what="method option", example="r=1"))
+
+
+def test_format_overrides_sorts_keys_and_round_trips_through_parse():
+    params = {"lr": 1e-4, "divergence": "kl", "layers": [0, 1], "lora": None, "on": True}
+    items = format_overrides(params)
+    assert items == ["divergence=kl", "layers=[0, 1]", "lora=null", "lr=0.0001", "on=true"]
+    assert dict(parse_overrides(items, example="lr=1")) == {
+        "divergence": "kl",
+        "layers": "[0, 1]",
+        "lora": "null",
+        "lr": "0.0001",
+        "on": "true",
+    }
 
 
 @dataclass

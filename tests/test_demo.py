@@ -41,7 +41,8 @@ def test_demo_end_to_end(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_runs_every_method_and_ranks_them(tmp_path, capsys):
-    from unmemorize.benchmarks.tinymem.experiment import DEMO_GRID
+    from unmemorize.benchmarks import get_benchmark
+    from unmemorize.benchmarks.spaces import grid_points
     from unmemorize.methods import METHODS
 
     from .conftest import TINY_OVERRIDES
@@ -51,9 +52,11 @@ def test_demo_runs_every_method_and_ranks_them(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(DEMO_GRID) == set(METHODS.names())
+    demo = get_benchmark("tinymem").space("demo")
+    assert set(demo) <= set(METHODS.names())
+    assert summary["benchmark"] == "tinymem"
     methods = summary["methods"]
-    assert set(methods) == set(METHODS.names())
+    assert set(methods) == set(demo)
     for name, row in methods.items():
         assert {
             "memorized_fraction",
@@ -66,11 +69,11 @@ def test_demo_runs_every_method_and_ranks_them(tmp_path, capsys):
         assert row["seconds"] > 0
     scores = [row["score"] for row in methods.values()]
     assert scores == sorted(scores)  # best first
-    assert len(summary["runs"]) == sum(len(v) for v in DEMO_GRID.values())
+    assert len(summary["runs"]) == sum(len(grid_points(v)) for v in demo.values())
     assert summary["baseline"]["n_memorized"] > 0
     best = next(iter(methods.values()))
     assert best["memorized_fraction"] < summary["baseline"]["memorized_fraction"]
-    for name in METHODS.names():
+    for name in demo:
         assert name in printed
     assert "score" in printed
 

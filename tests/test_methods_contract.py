@@ -13,8 +13,7 @@ import dataclasses
 import pytest
 import torch
 
-from unmemorize.methods import METHODS, UnlearnData, build_method
-from unmemorize.methods.base import NothingToUnlearnError
+from unmemorize.methods import METHODS, NothingToUnlearnError, UnlearnData, build_method
 from unmemorize.mlp import MLPAdapter
 from unmemorize.registry import UnknownNameError
 

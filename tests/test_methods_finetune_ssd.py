@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from unmemorize.benchmarks.tinymem.train import evaluate
+from unmemorize.benchmarks.tinymem.unlearn_data import tinymem_unlearn_data
 from unmemorize.methods import UnlearnData, build_method
 from unmemorize.methods.ssd import dampen_, importance
 from unmemorize.mlp import MLPAdapter
@@ -34,7 +35,7 @@ def unlearn_tiny_run(
     tiny_run, name: str, options: Callable[[UnlearnData], list[str]]
 ) -> tuple[dict, dict]:
     """(metrics before, metrics after) of ``name`` with ``options(forget/retain data)``."""
-    data, _ = UnlearnData.from_tinymem(tiny_run.model, tiny_run.data)
+    data, _ = tinymem_unlearn_data(tiny_run.model, tiny_run.data)
     before = evaluate(tiny_run.model, tiny_run.data)
     result = build_method(name, options(data)).apply(tiny_run.model, data)
     return before, evaluate(result.model, tiny_run.data)
@@ -55,7 +56,7 @@ def test_finetune_clean_lowers_memorization_on_tiny_run(tiny_run) -> None:
 def test_finetune_without_clean_twins_says_how_to_provide_them(name: str) -> None:
     data = tiny_data()
     no_twins = UnlearnData(data.forget_ids, data.retain_ids)
-    with pytest.raises(ValueError, match=r"forget_clean_ids=.*from_tinymem"):
+    with pytest.raises(ValueError, match=r"forget_clean_ids=.*tinymem_unlearn_data"):
         build_method(name).apply(make_model("gpt2"), no_twins)
 
 

@@ -11,16 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from unmemorize.benchmarks.tinymem.train import evaluate
+from unmemorize.benchmarks.tinymem.unlearn_data import tinymem_unlearn_data
 from unmemorize.methods import METHODS, UnlearnData, build_method
-from unmemorize.methods.gradient import (
-    divergence_loss,
-    masked_nll,
-    npo_loss,
-    reduce_logprobs,
-    simnpo_loss,
-    target_logprobs,
-    token_logprobs,
-)
+from unmemorize.methods.gradient import divergence_loss, npo_loss, reduce_logprobs, simnpo_loss
+from unmemorize.metrics.losses import masked_nll, target_logprobs, token_logprobs
 
 from .test_methods_contract import tiny_data
 from .zoo import make_model
@@ -251,7 +245,7 @@ def test_default_run_raises_forget_nll_more_than_retain_nll(tiny_run, name, opti
     # True KL (kl's default) has zero gradient at the start, so its forget term is checked
     # through RESTOR's cross-entropy; measured: forget NLL 0.0441 -> ~0.047, retain +1e-4.
     model, run = tiny_run.model, tiny_run.data
-    data, _ = UnlearnData.from_tinymem(model, run)
+    data, _ = tinymem_unlearn_data(model, run)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = build_method(name, options).apply(model, data)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
@@ -279,7 +273,7 @@ def test_default_run_raises_forget_nll_more_than_retain_nll(tiny_run, name, opti
     ],
 )
 def test_lowers_memorization_on_tiny_run(tiny_run, name, options) -> None:
-    data, _ = UnlearnData.from_tinymem(tiny_run.model, tiny_run.data)
+    data, _ = tinymem_unlearn_data(tiny_run.model, tiny_run.data)
     before = evaluate(tiny_run.model, tiny_run.data)
     after = evaluate(build_method(name, options).apply(tiny_run.model, data).model, tiny_run.data)
     assert before["n_memorized"] >= 3

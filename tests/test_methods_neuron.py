@@ -10,6 +10,7 @@ import torch
 
 import unmemorize.methods.neuron as neuron
 from unmemorize.benchmarks.tinymem.train import evaluate
+from unmemorize.benchmarks.tinymem.unlearn_data import tinymem_unlearn_data
 from unmemorize.methods import UnlearnData, build_method
 from unmemorize.methods.base import mean_sequence_loss
 from unmemorize.mlp import MLPAdapter
@@ -245,7 +246,7 @@ TINY_CONFIGS = {
 @pytest.mark.parametrize("name", NEURON_METHODS)
 def test_each_method_lowers_memorization_on_the_tiny_run(tiny_run, name: str) -> None:
     model, data = tiny_run.model, tiny_run.data
-    forget, _ = UnlearnData.from_tinymem(model, data)
+    forget, _ = tinymem_unlearn_data(model, data)
     base = evaluate(model, data)
     result = build_method(name, TINY_CONFIGS[name]).apply(model, forget)
     after = evaluate(result.model, data)

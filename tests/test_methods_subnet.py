@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from unmemorize.benchmarks.tinymem.train import evaluate
+from unmemorize.benchmarks.tinymem.unlearn_data import tinymem_unlearn_data
 from unmemorize.methods import UnlearnData, build_method
 from unmemorize.methods.subnet import (
     BalancedSubnetConfig,
@@ -167,7 +168,7 @@ def test_balanced_subnet_needs_a_retain_set() -> None:
 
 def test_both_methods_lower_memorization_on_tiny_run(tiny_run) -> None:
     model, data = tiny_run.model, tiny_run.data
-    forget, report = UnlearnData.from_tinymem(model, data)
+    forget, report = tinymem_unlearn_data(model, data)
     base = evaluate(model, data)
     assert base["n_memorized"] >= 3
 

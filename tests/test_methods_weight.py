@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from unmemorize.benchmarks.tinymem.train import evaluate
+from unmemorize.benchmarks.tinymem.unlearn_data import tinymem_unlearn_data
 from unmemorize.methods import UnlearnData, build_method
 from unmemorize.methods.base import forget_retain_batches
 from unmemorize.methods.weight import (
@@ -222,7 +223,7 @@ def test_greedy_skips_batches_without_forget_rows() -> None:
 @pytest.fixture(scope="module")
 def tiny_baseline(tiny_run) -> tuple[UnlearnData, dict]:
     """The tiny run's forget set (its memorized rows) and its unedited metrics."""
-    forget, _ = UnlearnData.from_tinymem(tiny_run.model, tiny_run.data)
+    forget, _ = tinymem_unlearn_data(tiny_run.model, tiny_run.data)
     return forget, evaluate(tiny_run.model, tiny_run.data)
 
 

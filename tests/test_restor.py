@@ -327,3 +327,105 @@ def test_simplified_forget_set_is_the_aligned_level_zero_documents():
     # replay never restates a target's facts
     rng = random.Random(0)
     assert not any(t in task.replay(rng) for _ in range(50) for t in world.targets)
+
+
+# --------------------------------------------------------------------------- the benchmark seam
+
+
+def test_restor_is_a_registered_benchmark_whose_space_names_registered_methods():
+    from unmemorize.benchmarks import BENCHMARKS
+    from unmemorize.benchmarks.restor.benchmark import RestorBenchmark
+    from unmemorize.benchmarks.runner import grid_jobs
+    from unmemorize.methods import METHODS
+
+    assert BENCHMARKS.get("restor") is RestorBenchmark
+    bench = RestorBenchmark()
+    assert bench.metric(bench.selection).higher_is_better is True
+    assert bench.metric(bench.tie_break).higher_is_better is True
+    space = bench.space()
+    assert set(space) <= set(METHODS.names())
+    jobs = grid_jobs(space)
+    assert [name for name, _ in jobs] == [name for name in space for _ in range(2)]
+    # the hand-picked kl and ssd points are unions, not products
+    assert [options for name, options in jobs if name == "kl"] == [
+        {"batch_size": 32, "epochs": 2, "lr": 3e-5},
+        {"batch_size": 32, "divergence": "cross_entropy", "epochs": 2, "lr": 2e-5},
+    ]
+    assert [options for name, options in jobs if name == "ssd"] == [
+        {"batch_size": 32, "mlp_only": True, "selection_weight": 1.8},
+        {"batch_size": 32, "selection_weight": 5.0},
+    ]
+
+
+def test_best_per_method_picks_on_validation_accuracy_then_untargeted_accuracy():
+    from unmemorize.benchmarks.restor.pipeline import best_per_method
+
+    def row(method, val, untargeted, test, tag):
+        return {
+            "method": method,
+            "target_accuracy_val": val,
+            "untargeted_accuracy": untargeted,
+            "target_accuracy": test,
+            "tag": tag,
+        }
+
+    rows = [
+        row("ga", 0.5, 0.2, 0.1, "ga-first"),
+        row("ga", 0.5, 0.2, 0.9, "ga-full-tie"),  # a full tie keeps the first run
+        row("npo", 0.2, 0.9, 0.2, "npo-low-val"),
+        row("npo", 0.4, 0.1, 0.3, "npo-best-val"),  # validation accuracy beats untargeted
+        {"method": "kl", "error": "diverged"},
+        row("kl", 0.3, 0.1, 0.5, "kl-low-untargeted"),
+        row("kl", 0.3, 0.4, 0.5, "kl-tie-broken"),  # same validation accuracy, better untargeted
+    ]
+    best = best_per_method(rows)
+    assert {m: r["tag"] for m, r in best.items()} == {
+        "kl": "kl-tie-broken",
+        "npo": "npo-best-val",
+        "ga": "ga-first",
+    }
+    assert list(best) == ["kl", "npo", "ga"]  # ordered by test target accuracy, best first
+
+
+def test_score_is_minus_validation_recovery_and_undefined_without_one():
+    from unmemorize.benchmarks.restor.benchmark import RestorBenchmark
+
+    bench = RestorBenchmark()
+    assert bench.score({}, {"recovery_val": 0.75}) == -0.75
+    assert bench.score({}, {"recovery_val": float("nan")}) is None
+
+
+def test_load_reprepares_a_run_and_reproduces_its_rows(micro_run):
+    """load(OUT) gives the corrupted model, the same forget/retain rows and the same evaluation:
+    the corrupted model scores as the summary says and a grid point reruns to the same row."""
+    from unmemorize.benchmarks.restor.benchmark import RestorBenchmark
+    from unmemorize.benchmarks.runner import run_method
+    from unmemorize.methods import build_method
+
+    summary = json.loads((micro_run / "summary.json").read_text())
+    bench = RestorBenchmark()
+    prepared = bench.load(str(micro_run))
+    assert prepared.baseline == summary["corrupted"]
+    n_forget = summary["n_forget_docs"]
+    assert prepared.data.forget_ids.shape[0] == n_forget
+    assert prepared.data.retain_ids.shape[0] == summary["n_retain_docs"]
+    metrics = prepared.state.evaluator(prepared.model, prepared.state.tokenizer)
+    assert metrics == {k: summary["corrupted"][k] for k in metrics}
+    first = summary["runs"][0]
+    row, _ = run_method(
+        build_method(first["method"], first["overrides"]),
+        prepared.model,
+        prepared.data,
+        lambda model: bench.evaluate(model, prepared),
+        score=lambda m: bench.score(prepared.baseline, m),
+        options=first["overrides"],
+    )
+    for key in ("target_accuracy", "untargeted_accuracy", "logits", "config", "changed_fraction"):
+        assert row[key] == first[key], key
+
+
+def test_load_rejects_a_directory_restor_did_not_write(tmp_path):
+    from unmemorize.benchmarks.restor.benchmark import RestorBenchmark
+
+    with pytest.raises(ValueError, match="not a RESTOR output directory"):
+        RestorBenchmark().load(str(tmp_path))

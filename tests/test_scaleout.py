@@ -19,9 +19,9 @@ from unmemorize.cli.main import main
 from unmemorize.lora import add_lora
 from unmemorize.methods import build_method
 from unmemorize.methods import trainer as trainer_module
-from unmemorize.methods.gradient import token_logprobs
 from unmemorize.methods.trainer import AdapterReference, CachedReference, GradientTrainer
 from unmemorize.metrics import memorized, memorized_sharded
+from unmemorize.metrics.losses import token_logprobs
 from unmemorize.models import load_model
 
 from . import dist_worker

@@ -16,16 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from unmemorize.cli.main import main
-from unmemorize.sweep import ResultsStore, StorageError, make_spec, resolve_space, run_sweep
-from unmemorize.sweep.backends import check_ray_address
-from unmemorize.sweep.spaces import (
-    SEARCH_SPACES,
+from unmemorize.benchmarks.spaces import (
     grid_points,
     params_to_overrides,
     space_size,
     trial_key,
 )
+from unmemorize.cli.main import main
+from unmemorize.sweep import ResultsStore, StorageError, make_spec, resolve_space, run_sweep
+from unmemorize.sweep.backends import check_ray_address
 
 # Fast on the tiny model: 2 + 2 + 2 = 6 trials, each well under a few seconds.
 SMALL_SPACE = {
@@ -69,6 +68,26 @@ def test_grid_points_are_the_cartesian_product_in_a_stable_order():
     assert space_size({"lr": {"low": 1e-5, "high": 1e-3}}) is None
 
 
+def test_a_scalar_is_a_fixed_value_and_a_list_of_dicts_the_union_of_their_grids():
+    assert grid_points({"lr": 1, "alpha": ["a", "b"]}) == [
+        {"alpha": "a", "lr": 1},
+        {"alpha": "b", "lr": 1},
+    ]
+    spec = [{"ratio": 0.05, "max_rows": 8}, {}, {"ratio": [0.01, 0.02]}]
+    assert grid_points(spec) == [
+        {"max_rows": 8, "ratio": 0.05},
+        {},
+        {"ratio": 0.01},
+        {"ratio": 0.02},
+    ]
+    assert space_size(spec) == 4
+    assert resolve_space(["zero_out"], {"zero_out": spec}) == {"zero_out": spec}
+    with pytest.raises(ValueError, match="listed twice"):
+        resolve_space(["ga"], {"ga": [{"lr": 1e-5}, {"lr": 1e-5}]})
+    with pytest.raises(ValueError, match="TPE needs one"):
+        resolve_space(["ga"], {"ga": [{"lr": 1e-5}]}, "tpe")
+
+
 def test_trial_keys_are_stable_and_distinguish_configs():
     a = trial_key("ga", {"lr": 1e-5, "epochs": 1})
     assert a == trial_key("ga", {"epochs": 1, "lr": 1e-5})  # order does not matter
@@ -78,13 +97,14 @@ def test_trial_keys_are_stable_and_distinguish_configs():
     assert params_to_overrides({"lr": 1e-4, "divergence": "kl"}) == ["divergence=kl", "lr=0.0001"]
 
 
-def test_shipped_spaces_are_valid_for_every_registered_method():
+def test_shipped_spaces_are_valid_and_name_registered_methods():
+    from unmemorize.benchmarks import get_benchmark
     from unmemorize.methods import METHODS
 
-    for name in ("paper", "cpu-mini"):
+    for name in ("paper", "cpu-mini", "demo"):
         space = resolve_space(None, name)
-        assert set(space) == set(METHODS.names()), name
-    paper = SEARCH_SPACES["paper"]
+        assert set(space) <= set(METHODS.names()), name
+    paper = get_benchmark("tinymem").space("paper")
     assert paper["balanced_subnet"]["retain_weight"] == [0.05, 0.5, 0.7]
     assert paper["integrated_gradients"]["ig_steps"] == [1, 10, 20]
 
@@ -98,7 +118,7 @@ def test_shipped_spaces_are_valid_for_every_registered_method():
         ({"ga": {"lr": {"low": 1e-3, "high": 1e-5}}}, "tpe", "low < high"),
         ({"ga": {"lr": [1e-5, 1e-5]}}, "grid", "listed twice"),
         ({"durable": {"ratio": [1.5]}}, "grid", "ratio"),
-        ({"ga": {"lr": 1e-5}}, "grid", "give a list of values"),
+        ({"ga": {"lr": "fast"}}, "grid", "ga option lr"),
         ({"ga": ["lr"]}, "grid", "must map method names"),
     ],
 )

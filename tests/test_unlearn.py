@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from unmemorize.benchmarks.tinymem.unlearn_data import artifact_rows, tinymem_unlearn_data
 from unmemorize.cli.main import main
-from unmemorize.methods import METHODS, UnlearnData
-from unmemorize.methods.base import NothingToUnlearnError, artifact_rows
+from unmemorize.methods import METHODS, NothingToUnlearnError
 from unmemorize.metrics import measure_memorization
 from unmemorize.models import save_model
 
@@ -19,9 +19,9 @@ def file_digest(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
 
 
-def test_from_tinymem_forgets_exactly_the_memorized_rows(tiny_run) -> None:
+def test_tinymem_unlearn_data_forgets_exactly_the_memorized_rows(tiny_run) -> None:
     data = tiny_run.data
-    ud, report = UnlearnData.from_tinymem(tiny_run.model, data)
+    ud, report = tinymem_unlearn_data(tiny_run.model, data)
     idx = report.memorized_indices()
     assert ud.n_forget == len(idx) > 0
     assert torch.equal(ud.forget_ids, data.memorization.target_ids[idx])
@@ -37,12 +37,12 @@ def test_from_tinymem_forgets_exactly_the_memorized_rows(tiny_run) -> None:
     assert not mask[0, : first - 1].any() and mask[0, first - 1 :].all()
 
 
-def test_from_tinymem_refuses_a_model_that_memorizes_nothing(tiny_run) -> None:
+def test_tinymem_unlearn_data_refuses_a_model_that_memorizes_nothing(tiny_run) -> None:
     from unmemorize.benchmarks.tinymem.experiment import new_model
 
     fresh = new_model(tiny_run.experiment, tiny_run.tokenizer)
     with pytest.raises(NothingToUnlearnError, match=r"nothing is memorized: 0 of \d+"):
-        UnlearnData.from_tinymem(fresh, tiny_run.data)
+        tinymem_unlearn_data(fresh, tiny_run.data)
 
 
 def test_unlearn_cli_writes_model_and_run_json_and_keeps_input(tiny_run, tmp_path, capsys):

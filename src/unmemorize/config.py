@@ -11,6 +11,7 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from .registry import suggest
@@ -72,16 +73,43 @@ def parse_value(text: str, annotation: Any) -> Any:
     raise ValueError(f"cannot parse a value of type {annotation}")
 
 
+def parse_overrides(
+    items: Iterable[str], *, what: str = "override", example: str
+) -> Iterator[tuple[str, str]]:
+    """Split ``key=value`` strings into stripped ``(key, value)`` pairs, one at a time.
+
+    The one parser of every ``key=value`` list (config overrides, method options). Lazy, so a
+    caller that checks each key reports the first bad item in the order given.
+
+    Raises:
+        ValueError: for an item without ``=``; the message names ``what`` and shows ``example``.
+    """
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"{what} {item!r} is not of the form key=value (e.g. {example})")
+        key, value = item.split("=", 1)
+        yield key.strip(), value.strip()
+
+
+def format_overrides(params: Mapping[str, Any]) -> list[str]:
+    """``{"lr": 1e-4, "divergence": "kl"}`` -> ``["divergence=kl", "lr=0.0001"]``.
+
+    The inverse of :func:`parse_overrides` for a dict of values: keys sorted, strings as they
+    are, every other value as JSON (so ``parse_value`` reads it back).
+    """
+    out = []
+    for key in sorted(params):
+        value = params[key]
+        text = value if isinstance(value, str) else json.dumps(value)
+        out.append(f"{key}={text}")
+    return out
+
+
 def apply_overrides(config: Any, overrides: list[str]) -> Any:
     """Return a copy of dataclass ``config`` with ``key=value`` overrides applied (dotted keys)."""
     config = dataclasses.replace(config)
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(
-                f"override {item!r} is not of the form key=value (e.g. train.epochs=50)"
-            )
-        key, text = item.split("=", 1)
-        set_path(config, key.strip(), text.strip())
+    for key, text in parse_overrides(overrides, example="train.epochs=50"):
+        set_path(config, key, text)
     return config
 
 
@@ -157,4 +185,13 @@ def from_dict(cls: type, data: dict) -> Any:
     return cls(**kwargs)
 
 
-__all__ = ["all_keys", "apply_overrides", "from_dict", "parse_value", "set_path", "to_dict"]
+__all__ = [
+    "all_keys",
+    "apply_overrides",
+    "format_overrides",
+    "from_dict",
+    "parse_overrides",
+    "parse_value",
+    "set_path",
+    "to_dict",
+]

@@ -53,6 +53,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .data.corpus import Corpus, open_corpus
 from .io import atomic_write_text
+from .metrics.losses import target_logprobs
 from .metrics.memorization import memorized
 from .runtime import check_window
 
@@ -160,9 +161,8 @@ def suffix_logprob(model: PreTrainedModel, ids: torch.Tensor, prefix_len: int) -
     k = ids.shape[1] - prefix_len
     x = ids.to(device)
     logits = model(input_ids=x[:, :-1], use_cache=False, logits_to_keep=k).logits  # [B, K, V]
-    logp = logits.float().log_softmax(dim=-1)
-    tok = x[:, prefix_len:]  # [B, K]
-    return logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1).mean(dim=1).cpu()
+    # The K kept positions predict x[:, prefix_len:], the targets of the window x[:, prefix_len-1:].
+    return target_logprobs(logits, x[:, prefix_len - 1 :]).mean(dim=1).cpu()
 
 
 def mine(

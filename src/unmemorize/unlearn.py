@@ -1,6 +1,7 @@
 """Unlearn memorized sequences from a model directory: load -> find forget set -> apply -> measure.
 
-The library behind ``unmemorize unlearn``. Two sources of sequences:
+The library behind ``unmemorize unlearn``; the apply -> evaluate step is the one runner's
+(:func:`unmemorize.benchmarks.runner.run_method`). Two sources of sequences:
 
 * a model trained by ``unmemorize train`` (a TinyMem run): the forget set is found automatically
   (the candidates the model memorizes now), the retain set is the clean training rows, and the
@@ -30,11 +31,20 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .benchmarks.runner import run_method
 from .benchmarks.tinymem.data import TinyMemData
+from .benchmarks.tinymem.unlearn_data import tinymem_unlearn_data
 from .data.sequences import read_sequences
 from .distributed import is_main_process
 from .io import check_output_dir
-from .methods import METHODS, Method, NothingToUnlearnError, UnlearnData, build_method
+from .methods import (
+    METHODS,
+    Method,
+    MethodDivergedError,
+    NothingToUnlearnError,
+    UnlearnData,
+    build_method,
+)
 from .metrics.memorization import memorized_sharded
 from .metrics.ranking import selection_score
 from .metrics.utility import accuracy_and_perplexity
@@ -105,7 +115,7 @@ def prepare(
                 f"nothing is memorized: 0 of {baseline['n_candidates']} candidate sequences "
                 f"({baseline['memorized_fraction']:.1%}); nothing to unlearn"
             )
-        data, _ = UnlearnData.from_tinymem(model, run_data, batch_size=batch_size)
+        data, _ = tinymem_unlearn_data(model, run_data, batch_size=batch_size)
         if retain is not None:
             data = dataclasses.replace(data, retain_ids=_read(retain, model, tokenizer, data))
         return UnlearnSetup(
@@ -227,8 +237,15 @@ def unlearn(
         setup.data.n_retain,
         m.name,
     )
-    result = m.apply(setup.model, setup.data, progress=progress)
-    after = setup.evaluate(result.model)
+    after: dict = {}
+
+    def evaluate(edited: PreTrainedModel) -> dict:
+        after.update(setup.evaluate(edited))
+        return after
+
+    row, result = run_method(m, setup.model, setup.data, evaluate, progress=progress)
+    if result is None:  # the method diverged: nothing is written
+        raise MethodDivergedError(row["error"])
     record = {
         "kind": "unlearn",
         "method": m.name,

@@ -11,14 +11,16 @@ A benchmark knows how to
 * **score** a run against the unedited model (:meth:`Benchmark.score`; lower is better) and name
   the metric that picks each method's best run (:attr:`Benchmark.selection`);
 * own its **search spaces** (:attr:`Benchmark.spaces`, one format, see
-  :mod:`unmemorize.sweep.spaces`), its presets and its **report section**
-  (:meth:`Benchmark.report_section`).
+  :mod:`unmemorize.benchmarks.spaces`), its presets and its **report section**
+  (:meth:`Benchmark.report_section`);
+* build the **base model** a sweep unlearns from (:meth:`Benchmark.prepare_base`) and name the
+  trade-off its Pareto fronts show (:meth:`Benchmark.tradeoff`).
 
 The one apply -> evaluate -> row loop that every command uses is :mod:`unmemorize.benchmarks.runner`.
 
 A new benchmark is one package plus its registration::
 
-    @BENCHMARKS.register("mine")
+    @BENCHMARKS.register
     class MyBenchmark(Benchmark):
         name = "mine"
         ...
@@ -29,6 +31,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..registry import Registry
@@ -100,7 +103,7 @@ class Benchmark:
         selection: the name of the metric that picks each method's best run (declared in
             :attr:`metrics`, or :data:`SCORE`).
         spaces: named search spaces, ``{space: {method: options}}`` in the one format of
-            :mod:`unmemorize.sweep.spaces`; the space named :attr:`default_space` is the
+            :mod:`unmemorize.benchmarks.spaces`; the space named :attr:`default_space` is the
             benchmark's default grid (a method without an entry runs with its defaults).
         default_space: the space runs and sweeps use unless told otherwise.
     """
@@ -119,6 +122,24 @@ class Benchmark:
         """Prepare the model in ``model_dir`` (written by this benchmark) for unlearning."""
         raise NotImplementedError(f"benchmark {self.name!r} cannot load a model directory")
 
+    def check_base(self, base: Mapping[str, Any]) -> None:
+        """Refuse bad settings of a sweep's base model before any work (default: accept all).
+
+        ``base`` holds the sweep's ``preset``, ``task``, ``variant``, ``overrides`` (``key=value``
+        strings) and ``model`` (an existing model directory, resolved, or None).
+
+        Raises:
+            ValueError: a setting this benchmark cannot build, or a ``model`` it cannot load.
+        """
+
+    def prepare_base(self, base: Mapping[str, Any], out: Path, *, progress: bool = True) -> Path:
+        """Build the base model of a sweep (``base`` as in :meth:`check_base`, without ``model``)
+        into the directory ``out``, resuming an interrupted build there; return ``out``.
+        """
+        raise NotImplementedError(
+            f"benchmark {self.name!r} cannot build a base model; pass an existing one (--model DIR)"
+        )
+
     # -- judging ------------------------------------------------------------------------------
 
     def evaluate(self, model: PreTrainedModel, prepared: Prepared) -> dict[str, Any]:
@@ -131,8 +152,14 @@ class Benchmark:
 
     # -- presenting ---------------------------------------------------------------------------
 
-    def report_section(self, index: int, title: str, record: Mapping[str, Any]) -> Section:
-        """The report section of a ``summary.json`` this benchmark wrote."""
+    def report_section(
+        self, index: int, title: str, record: Mapping[str, Any], *, path: Path | None = None
+    ) -> Section:
+        """The report section of a ``summary.json`` this benchmark (or a sweep of it) wrote.
+
+        ``path`` is the directory the summary was read from, for files next to it (e.g. the base
+        model's training history); None when the record comes from elsewhere.
+        """
         raise NotImplementedError(f"benchmark {self.name!r} has no report section")
 
     # -- declared facts -----------------------------------------------------------------------
@@ -158,8 +185,20 @@ class Benchmark:
 
         key = name or cls.default_space
         if key not in cls.spaces:
-            raise suggest(key, list(cls.spaces), f"search space of benchmark {cls.name!r}")
+            raise suggest(
+                key, list(cls.spaces), "search space", f"(spaces of benchmark {cls.name!r})"
+            )
         return cls.spaces[key]
+
+    @classmethod
+    def tradeoff(cls, experiment: Mapping[str, Any] | None = None) -> tuple[str, str] | None:
+        """``(forget metric, utility metric)``: the axes of the Pareto fronts of sweeps and reports.
+
+        A run is on its method's front when no other run has a lower forget metric and a better
+        utility metric (directions from :attr:`metrics`). ``experiment`` describes the base model
+        (its ``experiment.json``, when the benchmark writes one). None: no Pareto front.
+        """
+        return None
 
     @classmethod
     def describe(cls) -> dict[str, Any]:

@@ -117,12 +117,12 @@ def run_jobs(
 
 
 def grid_jobs(space: Mapping[str, Any], methods: Sequence[str] | None = None) -> list[Job]:
-    """The jobs of a grid over ``space`` (``{method: options}``, :mod:`unmemorize.sweep.spaces`).
+    """The jobs of a grid over ``space`` (``{method: spec}``, :mod:`unmemorize.benchmarks.spaces`).
 
     ``methods`` restricts and orders the methods; a method the space does not name runs once,
     with its defaults.
     """
-    from ..sweep.spaces import grid_points
+    from .spaces import grid_points
 
     names = list(space) if methods is None else list(methods)
     return [(name, point) for name in names for point in grid_points(space.get(name, {}))]

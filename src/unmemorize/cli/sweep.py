@@ -79,11 +79,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _read_space(text: str):
     from ..io import read_json, read_yaml
-    from ..sweep import SEARCH_SPACES
 
     suffix = Path(text).suffix.lower()
-    if text in SEARCH_SPACES or suffix not in (".json", ".yaml", ".yml"):
-        return text
+    if suffix not in (".json", ".yaml", ".yml"):
+        return text  # a space of the benchmark, looked up by name
     path = Path(text)
     if not path.is_file():
         raise FileNotFoundError(f"--space {text}: no such file (or use cpu-mini / paper)")
@@ -94,8 +93,9 @@ def _read_space(text: str):
 
 
 def cmd_sweep(args) -> int:
+    from ..errors import UserError
     from ..sweep import load_spec, make_spec, run_sweep
-    from .main import UserError, format_method_table
+    from .common import format_method_table
 
     if args.resume and args.out and Path(args.out) != Path(args.resume):
         raise UserError("give either --resume DIR or --out DIR, not both")

@@ -14,11 +14,10 @@ from .base import (
     METHODS,
     Method,
     MethodDivergedError,
-    NothingToUnlearnError,
-    UnlearnData,
     UnlearnResult,
     build_method,
 )
+from .data import NothingToUnlearnError, UnlearnData
 
 __all__ = [
     "METHODS",

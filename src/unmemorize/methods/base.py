@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -32,177 +31,18 @@ from typing import Any, ClassVar
 import torch
 from transformers import PreTrainedModel
 
-from ..benchmarks.tinymem.data import TinyMemData
-from ..config import parse_value
+from ..config import parse_overrides, parse_value
 from ..metrics.losses import sequence_losses
-from ..metrics.memorization import MemorizationReport, measure_memorization
 from ..mlp import MLPAdapter, ratio_count
 from ..registry import Registry, suggest
+from .data import UnlearnData
 from .masking import edited_layers
-
-logger = logging.getLogger(__name__)
 
 METHODS: Registry[type[Method]] = Registry("method")
 
 
 class MethodDivergedError(RuntimeError):
     """A method produced a NaN/inf loss or weights; nothing is written."""
-
-
-class NothingToUnlearnError(ValueError):
-    """The forget set is empty: the model memorizes none of the given sequences."""
-
-
-# --------------------------------------------------------------------------- data
-
-
-@dataclass
-class UnlearnData:
-    """What to forget and what to keep.
-
-    Attributes:
-        forget_ids: [U, T] the sequences the model memorized (the forget / unlearn set U).
-        retain_ids: [R, T] clean data whose behaviour must be kept (the retain set R). Rows equal
-            to a forget row are removed on construction: the original TinyMem code kept the
-            forget rows in R, which trains them back in.
-        pad_id: padding id (excluded from every loss), or None when rows hold no padding.
-        forget_prefix_len: [U] where the memorized continuation starts in each forget row (the
-            prompt length); None = unknown (methods that score only the continuation then use
-            the whole row).
-        forget_clean_ids: [U, T] the clean twin of each forget row (what the model should say
-            instead), used by ``finetune_clean``; None when there are no twins.
-    """
-
-    forget_ids: torch.Tensor
-    retain_ids: torch.Tensor
-    pad_id: int | None = None
-    forget_prefix_len: torch.Tensor | None = None
-    forget_clean_ids: torch.Tensor | None = None
-    n_retain_overlap_removed: int = field(default=0, init=False)
-
-    def __post_init__(self) -> None:
-        for name in ("forget_ids", "retain_ids", "forget_clean_ids"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if not isinstance(value, torch.Tensor) or value.ndim != 2:
-                raise ValueError(f"{name} must be a 2-D token tensor [rows, positions]")
-            if value.dtype != torch.long:
-                setattr(self, name, value.long())
-        if len(self.forget_ids) == 0:
-            raise NothingToUnlearnError("the forget set is empty: nothing to unlearn")
-        t = self.forget_ids.shape[1]
-        if self.retain_ids.shape[1] != t and len(self.retain_ids):
-            raise ValueError(
-                f"forget rows have {t} positions but retain rows have "
-                f"{self.retain_ids.shape[1]}; pad or cut them to one length"
-            )
-        if self.forget_prefix_len is not None:
-            self.forget_prefix_len = torch.as_tensor(self.forget_prefix_len, dtype=torch.long)
-            if self.forget_prefix_len.shape != (len(self.forget_ids),):
-                raise ValueError("forget_prefix_len must hold one prompt length per forget row")
-        if self.forget_clean_ids is not None and self.forget_clean_ids.shape != (
-            self.forget_ids.shape
-        ):
-            raise ValueError("forget_clean_ids must have the shape of forget_ids")
-        if len(self.retain_ids):
-            forget_rows = {row.numpy().tobytes() for row in self.forget_ids}
-            keep = torch.tensor(
-                [row.numpy().tobytes() not in forget_rows for row in self.retain_ids],
-                dtype=torch.bool,
-            )
-            self.n_retain_overlap_removed = int((~keep).sum())
-            if self.n_retain_overlap_removed:
-                logger.info(
-                    "removed %d retain rows that are also forget rows",
-                    self.n_retain_overlap_removed,
-                )
-                self.retain_ids = self.retain_ids[keep]
-
-    @property
-    def n_forget(self) -> int:
-        return len(self.forget_ids)
-
-    @property
-    def n_retain(self) -> int:
-        return len(self.retain_ids)
-
-    def require_retain(self, method: str) -> None:
-        """Raise a clear error when ``method`` needs a retain set and there is none."""
-        if self.n_retain == 0:
-            raise ValueError(
-                f"{method} needs a retain set (clean data to keep); pass --retain FILE"
-            )
-
-    def continuation_mask(self) -> torch.Tensor:
-        """[U, T-1] bool: the next-token targets that belong to each row's memorized continuation.
-
-        Target position j predicts token j+1; the continuation starts at ``forget_prefix_len``, so
-        targets ``j >= prefix_len - 1`` count. Padding never counts.
-        """
-        u, t = self.forget_ids.shape
-        pos = torch.arange(t - 1)[None, :]
-        if self.forget_prefix_len is None:
-            mask = torch.ones(u, t - 1, dtype=torch.bool)
-        else:
-            mask = pos >= (self.forget_prefix_len[:, None] - 1).clamp(min=0)
-        if self.pad_id is not None:
-            mask &= self.forget_ids[:, 1:] != self.pad_id
-        return mask
-
-    @classmethod
-    def from_tinymem(
-        cls,
-        model: PreTrainedModel,
-        data: TinyMemData,
-        *,
-        report: MemorizationReport | None = None,
-        batch_size: int = 512,
-    ) -> tuple[UnlearnData, MemorizationReport]:
-        """Build the unlearning sets of a TinyMem run from what ``model`` memorizes now.
-
-        The forget set is the memorized candidates (for backdoors: the held-out triggered rows
-        on which the backdoor fires); the retain set is every training row that carries no noise
-        and no backdoor.
-
-        Raises:
-            NothingToUnlearnError: when the model memorizes none of the candidates.
-        """
-        if report is None:
-            report = measure_memorization(model, data.memorization, batch_size=batch_size)
-        idx = report.memorized_indices()
-        if len(idx) == 0:
-            raise NothingToUnlearnError(
-                f"nothing is memorized: 0 of {report.n_candidates} candidate sequences "
-                f"({report.memorized_fraction:.1%}); nothing to unlearn"
-            )
-        mem = data.memorization.subset(idx)
-        retain = data.train_ids[~artifact_rows(data)]
-        return (
-            cls(
-                forget_ids=mem.target_ids,
-                retain_ids=retain,
-                pad_id=data.pad_id,
-                forget_prefix_len=mem.prefix_len,
-                forget_clean_ids=mem.prompt_ids,
-            ),
-            report,
-        )
-
-
-def artifact_rows(data: TinyMemData) -> torch.Tensor:
-    """[N] bool: training rows that carry the noise or backdoor (never part of a retain set).
-
-    Noise: rows equal to a memorization target. Backdoor: the poisoned training rows, which both
-    TinyMem generators put first (``info["n_poison_train"]``).
-    """
-    targets = {row.numpy().tobytes() for row in data.memorization.target_ids}
-    mask = torch.tensor(
-        [row.numpy().tobytes() in targets for row in data.train_ids], dtype=torch.bool
-    )
-    n_poison = int(data.info.get("n_poison_train", 0) or 0)
-    mask[:n_poison] = True
-    return mask
 
 
 # --------------------------------------------------------------------------- result
@@ -377,7 +217,11 @@ def build_method(
     fields = {f.name: f for f in dataclasses.fields(cls.Config)}
     hints = _type_hints(cls.Config)
     values: dict[str, Any] = dict(kwargs)
-    items = overrides.items() if isinstance(overrides, dict) else _split_overrides(overrides)
+    if isinstance(overrides, dict):
+        items = overrides.items()
+    else:
+        split = parse_overrides(overrides, what="method option", example="ratio=0.05")
+        items = ((_strip_method_prefix(key), value) for key, value in split)
     for key, value in items:
         if key not in fields:
             raise suggest(key, list(fields), f"{name} option", f"(options: {', '.join(fields)})")
@@ -390,15 +234,9 @@ def build_method(
     return cls(**values)
 
 
-def _split_overrides(overrides: Sequence[str]) -> Iterator[tuple[str, str]]:
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(
-                f"method option {item!r} is not of the form key=value (e.g. ratio=0.05)"
-            )
-        key, value = item.split("=", 1)
-        key = key.strip()
-        yield (key[len("method.") :] if key.startswith("method.") else key), value.strip()
+def _strip_method_prefix(key: str) -> str:
+    """``method.ratio`` -> ``ratio``: an option may be written with the ``method.`` prefix."""
+    return key[len("method.") :] if key.startswith("method.") else key
 
 
 def _type_hints(cls: type) -> dict[str, Any]:
@@ -547,11 +385,8 @@ __all__ = [
     "Method",
     "MethodDivergedError",
     "NeuronMethod",
-    "NothingToUnlearnError",
-    "UnlearnData",
     "UnlearnResult",
     "all_finite",
-    "artifact_rows",
     "build_method",
     "check_finite_loss",
     "check_positive",

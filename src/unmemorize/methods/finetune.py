@@ -26,12 +26,12 @@ from .base import (
     METHODS,
     Edit,
     Method,
-    UnlearnData,
     check_finite_loss,
     check_positive,
     model_device,
     row_batches,
 )
+from .data import UnlearnData
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +76,8 @@ def missing_clean_twins_error(method: str) -> ValueError:
     return ValueError(
         f"{method} trains on the clean twin of every forget row, but the data has none: pass "
         "UnlearnData(forget_clean_ids=...) with one clean row [U, T] per forget row (the "
-        "sequence the model should produce instead); UnlearnData.from_tinymem fills it from the "
-        "run's clean sequences. Without twins use finetune_extra (retain set only)."
+        "sequence the model should produce instead); tinymem_unlearn_data fills it from a "
+        "TinyMem run's clean sequences. Without twins use finetune_extra (retain set only)."
     )
 
 
@@ -179,7 +179,7 @@ class _Finetune(Method):
         )
 
 
-@METHODS.register("finetune_clean")
+@METHODS.register
 class FinetuneClean(_Finetune):
     """Fine-tune on the clean twins of the memorized sequences (TinyMem "clean" recipe).
 
@@ -201,7 +201,7 @@ class FinetuneClean(_Finetune):
         return data.forget_clean_ids
 
 
-@METHODS.register("finetune_extra")
+@METHODS.register
 class FinetuneExtra(_Finetune):
     """Fine-tune on the retain set, the other clean training data (TinyMem "extra" recipe).
 
@@ -222,7 +222,7 @@ class FinetuneExtra(_Finetune):
         return data.retain_ids
 
 
-@METHODS.register("finetune_both")
+@METHODS.register
 class FinetuneBoth(_Finetune):
     """Fine-tune on the clean twins and the retain set together (TinyMem "both" recipe).
 

@@ -25,19 +25,10 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from ..metrics.losses import masked_nll, next_token_logits, token_logprobs
 from ..registry import suggest
 from .base import METHODS
-from .trainer import (
-    RESTOR,
-    GradientTrainer,
-    Reference,
-    RetainTermConfig,
-    TrainerConfig,
-    forward_logits,
-    masked_nll,
-    target_logprobs,
-    token_logprobs,
-)
+from .trainer import RESTOR, GradientTrainer, Reference, RetainTermConfig, TrainerConfig
 
 Model = PreTrainedModel
 Tensor = torch.Tensor
@@ -193,7 +184,7 @@ class TaskVectorConfig(TrainerConfig):
 # --------------------------------------------------------------------------- methods
 
 
-@METHODS.register("ga")
+@METHODS.register
 class GradientAscent(GradientTrainer):
     """Gradient ascent: raise the NLL of the forget set (RESTOR's "GA" without retain).
 
@@ -217,7 +208,7 @@ class GradientAscent(GradientTrainer):
         return -masked_nll(stats["logp"], mask)
 
 
-@METHODS.register("grad_diff")
+@METHODS.register
 class GradDiff(GradientAscent):
     """Gradient difference: ascend on the forget set, descend on the retain set (RESTOR "GA").
 
@@ -233,7 +224,7 @@ class GradDiff(GradientAscent):
     Config = GradDiffConfig
 
 
-@METHODS.register("kl")
+@METHODS.register
 class KLUnlearning(GradientTrainer):
     """KL unlearning: push the forget-set predictions away from the starting model's.
 
@@ -259,14 +250,16 @@ class KLUnlearning(GradientTrainer):
     ) -> Stats:
         logq = ref.log_probs(rows, ids, mask)  # [B, T-1, V]
         kind = self.config.divergence
-        d = divergence_per_position(forward_logits(model, ids), logq, kind, ref_is_log_probs=True)
+        d = divergence_per_position(
+            next_token_logits(model, ids), logq, kind, ref_is_log_probs=True
+        )
         return {"divergence": d}
 
     def forget_loss(self, stats: Stats, mask: Tensor) -> Tensor:
         return -self.config.forget_weight * masked_mean(stats["divergence"], mask)
 
 
-@METHODS.register("npo")
+@METHODS.register
 class NPO(GradientTrainer):
     """Negative preference optimization: gradient ascent that fades once a sequence is forgotten.
 
@@ -300,7 +293,7 @@ class NPO(GradientTrainer):
         return npo_loss(lp, ref_lp, self.config.beta)
 
 
-@METHODS.register("simnpo")
+@METHODS.register
 class SimNPO(GradientTrainer):
     """SimNPO: reference-free, length-normalized NPO.
 
@@ -326,7 +319,7 @@ class SimNPO(GradientTrainer):
         return simnpo_loss(lp, self.config.beta, self.config.margin)
 
 
-@METHODS.register("task_vector")
+@METHODS.register
 class TaskVector(GradientTrainer):
     """Task arithmetic: fine-tune on the forget set, then subtract the learned direction.
 
@@ -374,12 +367,8 @@ __all__ = [
     "TrainerConfig",
     "divergence_loss",
     "divergence_per_position",
-    "forward_logits",
     "masked_mean",
-    "masked_nll",
     "npo_loss",
     "reduce_logprobs",
     "simnpo_loss",
-    "target_logprobs",
-    "token_logprobs",
 ]

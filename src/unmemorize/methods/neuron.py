@@ -26,17 +26,15 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F_
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from ..metrics.losses import sequence_losses
+from ..metrics.losses import row_mean_loss, sequence_losses, token_cross_entropy
 from ..mlp import MLPAdapter
 from .base import (
     METHODS,
     Edit,
     NeuronMethod,
-    UnlearnData,
     check_finite_loss,
     check_positive,
     check_ratio,
@@ -44,6 +42,7 @@ from .base import (
     model_device,
     row_batches,
 )
+from .data import UnlearnData
 from .masking import LayersConfig
 
 logger = logging.getLogger(__name__)
@@ -118,18 +117,6 @@ class _CopyRunner:
         return logits
 
 
-def _copy_losses(logits: torch.Tensor, target: torch.Tensor, pad_id: int | None) -> torch.Tensor:
-    """[C] token-mean CE of each copy (as :func:`sequence_losses`): logits [C, T-1, V], target
-    [T-1]."""
-    ce = F_.cross_entropy(
-        logits.transpose(1, 2).float(), target.expand(len(logits), -1), reduction="none"
-    )  # [C, T-1]
-    if pad_id is None:
-        return ce.mean(dim=1)
-    keep = (target != pad_id).float()
-    return (ce * keep).sum(dim=1) / keep.sum().clamp(min=1.0)
-
-
 def _row_subset(n: int, max_rows: int | None, seed: int) -> torch.Tensor:
     """Sorted indices of a seeded random subset of at most ``max_rows`` of ``n`` rows."""
     if max_rows is None or max_rows >= n:
@@ -175,7 +162,7 @@ class ZeroOutConfig(LayersConfig):
         _validate(self, ("batch_size", "max_rows"))
 
 
-@METHODS.register("zero_out")
+@METHODS.register
 class ZeroOut(NeuronMethod):
     """Remove the neurons whose single ablation raises the memorized rows' loss the most.
 
@@ -225,7 +212,9 @@ class ZeroOut(NeuronMethod):
                         return acts * mask[:, None, :].to(acts.dtype)  # [C, T, F]
 
                     logits = runner.logits(ids[:, :-1], layer, len(neurons), ablate)
-                    sums[li][neurons] += _copy_losses(logits, ids[0, 1:], data.pad_id).double()
+                    target = ids[0, 1:].expand(len(logits), -1)  # [C, T-1]
+                    ce = token_cross_entropy(logits, target)  # [C, T-1]
+                    sums[li][neurons] += row_mean_loss(ce, target, data.pad_id).double()
         mean_base = base.mean()
         return [(s / len(rows) - mean_base).float().cpu() for s in sums]
 
@@ -246,7 +235,7 @@ class ActivationsConfig(LayersConfig):
         _validate(self, ("batch_size",))
 
 
-@METHODS.register("activations")
+@METHODS.register
 class Activations(NeuronMethod):
     """Remove the neurons that write the most into the residual stream on the memorized text.
 
@@ -415,7 +404,7 @@ class SlimmingConfig(LayersConfig):
         _validate(self, ("epochs", "lr", "batch_size"), ("lambda_l1", "stop_loss"))
 
 
-@METHODS.register("slimming")
+@METHODS.register
 class Slimming(_GatedMethod):
     """Learn a sparse [0, 1] gate per neuron that keeps the memorized loss low; remove the kept.
 
@@ -471,7 +460,7 @@ class HardConcreteConfig(LayersConfig):
         )
 
 
-@METHODS.register("hard_concrete")
+@METHODS.register
 class HardConcrete(_GatedMethod):
     """Learn L0 hard-concrete gates per neuron that keep the memorized loss low; remove the kept.
 
@@ -518,7 +507,7 @@ class IntegratedGradientsConfig(LayersConfig):
         _validate(self, ("ig_steps", "batch_size", "max_rows"))
 
 
-@METHODS.register("integrated_gradients")
+@METHODS.register
 class IntegratedGradients(NeuronMethod):
     """Remove the neurons with the largest integrated gradient on the memorized tokens.
 

@@ -13,12 +13,13 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
+from ..metrics.losses import batch_token_mean_loss
 from ..mlp import MLPAdapter
-from .base import METHODS, Edit, Method, UnlearnData, freeze, model_device, row_batches
+from .base import METHODS, Edit, Method, freeze, model_device, row_batches
+from .data import UnlearnData
 
 logger = logging.getLogger(__name__)
 
@@ -64,22 +65,6 @@ class SSDConfig:
             )
 
 
-def next_token_ce(model: PreTrainedModel, ids: torch.Tensor, pad_id: int | None) -> torch.Tensor:
-    """Scalar: mean next-token cross-entropy over every non-pad target of the batch ``ids`` [B, T].
-
-    The causal-LM loss of Hugging Face models (``labels=ids`` with pad labels ignored): a
-    token-weighted mean over the batch, computed in float32. A batch without targets gives 0.
-    """
-    logits = model(input_ids=ids[:, :-1], use_cache=False).logits  # [B, T-1, V]
-    target = ids[:, 1:]  # [B, T-1]
-    if pad_id is not None:
-        target = target.masked_fill(target == pad_id, -100)
-    total = F.cross_entropy(
-        logits.transpose(1, 2).float(), target, ignore_index=-100, reduction="sum"
-    )
-    return total / (target != -100).sum().clamp(min=1)
-
-
 def importance(
     model: PreTrainedModel,
     params: list[nn.Parameter],
@@ -94,7 +79,7 @@ def importance(
 ) -> list[torch.Tensor]:
     """SSD's diagonal Fisher: the mean over mini-batches of the squared batch-mean gradient.
 
-    ``I[p] = (1/K) Σ_k (∂ L_k / ∂p)²`` with ``L_k = next_token_ce`` of the k-th of the K
+    ``I[p] = (1/K) Σ_k (∂ L_k / ∂p)²`` with ``L_k = batch_token_mean_loss`` of the k-th of the K
     consecutive (unshuffled) batches of ``ids`` [N, T]. The model should be in eval mode.
 
     Each parameter's gradient is squared into its buffer by a post-accumulate-grad hook as soon
@@ -133,7 +118,7 @@ def importance(
     ]
     try:
         for idx in batches:
-            loss = next_token_ce(model, ids[idx].to(run_device), pad_id)
+            loss = batch_token_mean_loss(model, ids[idx].to(run_device), pad_id)
             # Each hook clears its .grad, so nothing carries over between batches; a parameter
             # the loss does not reach gets no hook call and adds nothing.
             loss.backward()
@@ -166,7 +151,7 @@ def dampen_(
     return int((beta < 1).sum())
 
 
-@METHODS.register("ssd")
+@METHODS.register
 class SSD(Method):
     """Selective Synaptic Dampening: shrink the weights far more important to the forget set.
 
@@ -258,4 +243,4 @@ class SSD(Method):
         )
 
 
-__all__ = ["SSD", "SSDConfig", "dampen_", "importance", "next_token_ce"]
+__all__ = ["SSD", "SSDConfig", "dampen_", "importance"]

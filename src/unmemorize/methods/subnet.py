@@ -46,7 +46,6 @@ from .base import (
     METHODS,
     Edit,
     Method,
-    UnlearnData,
     check_finite_loss,
     check_positive,
     check_ratio,
@@ -55,6 +54,7 @@ from .base import (
     model_device,
     row_batches,
 )
+from .data import UnlearnData
 from .masking import LayersConfig, edited_layers
 
 logger = logging.getLogger(__name__)
@@ -398,7 +398,7 @@ def _validate_training(config: SubnetConfig | BalancedSubnetConfig) -> None:
         raise ValueError(f"weight_decay must be >= 0, got {config.weight_decay}")
 
 
-@METHODS.register("subnet")
+@METHODS.register
 class Subnet(Method):
     """Learn an edge-popup mask of MLP weights whose removal maximizes the loss on U.
 
@@ -431,7 +431,7 @@ class Subnet(Method):
         return train_edge_popup(model, data, epoch, cfg, name=self.name, retain_weight=0.0)
 
 
-@METHODS.register("balanced_subnet")
+@METHODS.register
 class BalancedSubnet(Method):
     """Learn an edge-popup mask that raises the loss on U while keeping it low on R.
 

@@ -40,8 +40,10 @@ from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from .. import distributed
 from ..lora import add_lora, check_lora, merge_lora
+from ..metrics.losses import masked_nll, next_token_logits, target_logprobs, token_logprobs
 from ..runtime import EVAL_OVERHEAD, adamw, available_memory, run_in_batches
-from .base import Edit, Method, UnlearnData, check_finite_loss, freeze, model_device
+from .base import Edit, Method, check_finite_loss, freeze, model_device
+from .data import UnlearnData
 
 Model = PreTrainedModel
 Tensor = torch.Tensor
@@ -56,31 +58,6 @@ RESTOR = (
 #: KL's cached reference log-probs (scored forget positions × vocabulary × 4 bytes) above this
 #: fall back to the adapter-disabled model (LoRA) or a frozen copy.
 REFERENCE_CACHE_BYTES = 2 * 2**30
-
-# --------------------------------------------------------------------------- per-token values
-
-
-def target_logprobs(logits: Tensor, ids: Tensor) -> Tensor:
-    """[B, T-1] log p(x_t+1 | x_≤t) from ``logits`` [B, T-1, V] of ``ids`` [B, T] (float32)."""
-    logp = F.log_softmax(logits.float(), dim=-1)
-    return logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
-
-
-def forward_logits(model: PreTrainedModel, ids: Tensor) -> Tensor:
-    """[B, T-1, V] next-token logits of ``ids`` [B, T] (the last position predicts nothing)."""
-    return model(input_ids=ids[:, :-1], use_cache=False).logits
-
-
-def token_logprobs(model: PreTrainedModel, ids: Tensor, mask: Tensor) -> Tensor:
-    """[B, T-1] target log-probs of ``ids`` [B, T] under ``model``; 0 where ``mask`` is False."""
-    logp = target_logprobs(forward_logits(model, ids), ids)
-    return torch.where(mask, logp, torch.zeros_like(logp))
-
-
-def masked_nll(logp: Tensor, mask: Tensor) -> Tensor:
-    """Scalar: −Σ m·logp / Σ m, the token-mean NLL pooled over the batch (HF ``outputs.loss``)."""
-    return -(logp * mask).sum() / mask.sum().clamp(min=1)
-
 
 # --------------------------------------------------------------------------- configs
 
@@ -172,7 +149,7 @@ class ModelReference(Reference):
 
     @torch.no_grad()
     def logits(self, ids: Tensor) -> Tensor:
-        return forward_logits(self.model, ids.to(model_device(self.model))).to(ids.device)
+        return next_token_logits(self.model, ids.to(model_device(self.model))).to(ids.device)
 
     def token_logprobs(self, rows: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
         logp = target_logprobs(self.logits(ids), ids)
@@ -193,7 +170,7 @@ class AdapterReference(ModelReference):
         self.model.eval()  # p_ref is the eval-mode starting model
         try:
             with self.model.disable_adapter():
-                return forward_logits(self.model, ids)
+                return next_token_logits(self.model, ids)
         finally:
             self.model.train(training)
 
@@ -228,7 +205,7 @@ class CachedReference(Reference):
         slot[mask] = torch.arange(int(mask.sum()))
 
         def chunk(start: int, stop: int) -> Tensor:
-            logits = forward_logits(model, ids[start:stop].to(device))
+            logits = next_token_logits(model, ids[start:stop].to(device))
             m = mask[start:stop].to(device)
             if what == "token_logprobs":
                 lp = target_logprobs(logits, ids[start:stop].to(device))
@@ -508,8 +485,4 @@ __all__ = [
     "RetainTermConfig",
     "TrainerConfig",
     "as_reference",
-    "forward_logits",
-    "masked_nll",
-    "target_logprobs",
-    "token_logprobs",
 ]

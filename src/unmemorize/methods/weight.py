@@ -33,7 +33,6 @@ from .base import (
     METHODS,
     Edit,
     Method,
-    UnlearnData,
     check_finite_loss,
     check_positive,
     check_ratio,
@@ -42,6 +41,7 @@ from .base import (
     model_device,
     row_batches,
 )
+from .data import UnlearnData
 from .masking import LayersConfig, edited_layers, top_k_masks
 
 logger = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ class DurableConfig(LayersConfig):
         self.validate_layers()
 
 
-@METHODS.register("durable")
+@METHODS.register
 class Durable(Method):
     """Zero the MLP weights with the largest forget-set gradient, per matrix (Neurotoxin-style).
 
@@ -209,7 +209,7 @@ class Durable(Method):
         return Edit(changed, total, "mlp_weights", info={"forget_loss": forget_loss})
 
 
-@METHODS.register("durable_agg")
+@METHODS.register
 class DurableAggregate(Durable):
     """Zero the MLP weights with the largest forget-set gradient, ranked over all MLP matrices.
 
@@ -264,7 +264,7 @@ def _cycle_batches(
                 yield ids, is_forget
 
 
-@METHODS.register("greedy")
+@METHODS.register
 class Greedy(Method):
     """Zero, one at a time, the MLP weight whose removal most raises the forget loss (Maini et al.).
 
@@ -461,7 +461,7 @@ def fisher_inverse_diag(fisher: torch.Tensor, damping: float, n: int) -> torch.T
     return torch.linalg.inv(damped).diagonal(dim1=-2, dim2=-1).reshape(-1)[:n]
 
 
-@METHODS.register("second_order")
+@METHODS.register
 class SecondOrder(Method):
     """Zero the MLP weights of highest OBS saliency under the forget-set Fisher (per matrix).
 

@@ -83,15 +83,30 @@ def selection_score(
     return score
 
 
-def rank(rows: Iterable[Mapping], key: str = "score") -> list[Mapping]:
-    """Rows sorted best first by ``key`` (NaN last)."""
-    return sorted(rows, key=lambda r: (math.isnan(r[key]), r[key]))
+def rank(
+    rows: Iterable[Mapping], key: str = "score", *, higher_is_better: bool = False
+) -> list[Mapping]:
+    """Rows sorted best first by ``key`` (lower first unless ``higher_is_better``; NaN or missing
+    last; ties keep their order)."""
+
+    def order(row: Mapping) -> tuple[bool, float]:
+        value = row.get(key, math.nan)
+        bad = value is None or math.isnan(value)
+        return bad, 0.0 if bad else (-value if higher_is_better else value)
+
+    return sorted(rows, key=order)
 
 
-def best_per(rows: Iterable[Mapping], group: str = "method", key: str = "score") -> list[Mapping]:
+def best_per(
+    rows: Iterable[Mapping],
+    group: str = "method",
+    key: str = "score",
+    *,
+    higher_is_better: bool = False,
+) -> list[Mapping]:
     """The best row of each ``group`` value (the first on ties), ranked best first."""
     best: dict = {}
-    for row in rank(rows, key):
+    for row in rank(rows, key, higher_is_better=higher_is_better):
         best.setdefault(row[group], row)
     return list(best.values())
 

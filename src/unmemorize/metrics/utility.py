@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel
+
+from .losses import next_token_logits, token_cross_entropy
 
 
 @torch.inference_mode()
@@ -37,9 +38,9 @@ def accuracy_and_perplexity(
     batch_acc, batch_ppl = [], []
     for start in range(0, len(ids), batch_size):
         x = ids[start : start + batch_size].to(device)
-        logits = model(input_ids=x[:, :-1], use_cache=False).logits.float()  # [B, T-1, V]
+        logits = next_token_logits(model, x).float()  # [B, T-1, V]
         target = x[:, 1:]
-        ce = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")  # [B, T-1]
+        ce = token_cross_entropy(logits, target)  # [B, T-1]
         hit = logits.argmax(-1) == target
         if legacy:
             batch_acc.append(hit.float().mean().item())

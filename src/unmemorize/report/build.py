@@ -7,7 +7,9 @@
     out/figures/*.png    one file per figure, named after its stable id (pareto-1.png, ...)
 
 Each input directory becomes one section, in the order given. Its kind is read from its files,
-never from its name:
+never from its name. A ``summary.json`` belongs to a benchmark (its ``"benchmark"`` key; older
+files without it: RESTOR when it has ``clean`` and ``corrupted``, else TinyMem), which draws its
+section (:meth:`unmemorize.benchmarks.Benchmark.report_section`):
 
 ==========  ============================================================  =====================
 kind        files                                                          written by
@@ -15,6 +17,7 @@ kind        files                                                          writt
 demo        ``summary.json`` with ``baseline`` and ``runs``                ``unmemorize demo``
 sweep       ``summary.json`` with ``"kind": "sweep"``                      ``unmemorize sweep``
 restor      ``summary.json`` with ``clean`` and ``corrupted``              ``unmemorize restor``
+<any>       ``summary.json`` naming a registered ``benchmark``             that benchmark
 train       ``run.json`` with ``"kind": "train"`` + ``history.json``       ``unmemorize train``
 unlearn     ``run.json`` with ``"kind": "unlearn"``                        ``unmemorize unlearn``
 ==========  ============================================================  =====================
@@ -34,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..benchmarks.restor.report import restor_section
 from ..io import atomic_dir, atomic_write_text, check_writable
 from ..io import read_json as safe_read_json
 from .sections import (
@@ -43,7 +45,6 @@ from .sections import (
     Section,
     Table,
     format_text_table,
-    tinymem_section,
     train_section,
     unlearn_section,
 )
@@ -108,6 +109,8 @@ def detect(path: Path, *, strict: bool = True) -> tuple[str, dict] | None:
             return ("sweep" if kind == "sweep" else "demo"), data
         if kind in (None, "restor") and "clean" in data and "corrupted" in data:
             return "restor", data
+        if isinstance(data.get("benchmark"), str) and kind not in ("train", "unlearn"):
+            return str(kind or "summary"), data  # a registered benchmark's own summary
         raise ValueError(
             f"{summary} is not a demo, sweep or RESTOR summary (kind {kind!r}, keys "
             f"{', '.join(sorted(data)[:6])}); {RUN_FILES_HINT}"
@@ -153,45 +156,48 @@ def find_inputs(dirs: list[Path]) -> list[tuple[Path, str, dict]]:
     return found
 
 
-def training_history(path: Path, record: dict) -> list[dict] | None:
-    """The base model's training history of a demo or sweep directory, when it is there.
+def summary_benchmark(kind: str, record: dict) -> str:
+    """The benchmark a summary belongs to: its ``"benchmark"`` key, or (files written before the
+    key existed) RESTOR for a RESTOR summary and TinyMem for a demo or sweep."""
+    name = record.get("benchmark")
+    if isinstance(name, str) and name:
+        return name
+    return "restor" if kind == "restor" else "tinymem"
 
-    Looked for at ``path/model/history.json`` (the demo's layout, which survives moving the
-    directory), then at the summary's ``model_dir`` (absolute, or relative to ``path``).
-    """
-    candidates = [path / "model" / "history.json"]
-    model_dir = record.get("model_dir")
-    if model_dir:
-        model_dir = Path(model_dir)
-        candidates.append(
-            (model_dir if model_dir.is_absolute() else path / model_dir) / "history.json"
-        )
-    for c in candidates:
-        if c.is_file():
-            history = read_json(c)
-            if isinstance(history, list):
-                return history
-            log.warning("%s is not a list of checkpoint records; training plot skipped", c)
-    return None
+
+def section_label(kind: str, record: dict) -> str:
+    """``TinyMem sweep``, ``RESTOR benchmark``, ``training run``, ...: what a directory holds."""
+    if kind in ("train", "unlearn"):
+        return KIND_LABELS[kind]
+    name = summary_benchmark(kind, record)
+    if name in ("tinymem", "restor") and kind in KIND_LABELS:
+        return KIND_LABELS[kind]
+    return f"{name} {kind}"
 
 
 def build_section(index: int, path: Path, kind: str, record: dict) -> Section:
     """One section of the report: facts, tables and figures for one run directory."""
-    title = f"{index}. {path} ({KIND_LABELS[kind]})"
+    from ..benchmarks import get_benchmark
+
+    label = section_label(kind, record)
+    title = f"{index}. {path} ({label})"
+    if kind not in ("train", "unlearn"):
+        try:
+            benchmark = get_benchmark(summary_benchmark(kind, record))
+        except ValueError as err:
+            raise ValueError(f"{path / 'summary.json'}: {err}") from None
     try:
-        if kind in ("demo", "sweep"):
-            return tinymem_section(index, title, kind, record, training_history(path, record))
-        if kind == "restor":
-            return restor_section(index, title, record)
+        if kind not in ("train", "unlearn"):
+            return benchmark.report_section(index, title, record, path=path)
         if kind == "train":
             history_file = path / "history.json"
             history = read_json(history_file) if history_file.is_file() else None
             return train_section(index, title, record, history)
         return unlearn_section(index, title, record)
     except (KeyError, TypeError, IndexError) as err:
-        what = "summary.json" if kind in ("demo", "sweep", "restor") else "run.json"
+        what = "run.json" if kind in ("train", "unlearn") else "summary.json"
         raise ValueError(
-            f"{path / what} does not have the layout of a {KIND_LABELS[kind]} ({type(err).__name__}"
+            f"{path / what} does not have the layout of a {label} ({type(err).__name__}"
             f": {err}); was it written by another version of unmemorize?"
         ) from None
 

@@ -1,9 +1,12 @@
 """Where sweep trials run: local worker processes, or a Ray cluster.
 
 A trial is a :class:`TrialTask` (picklable: paths, names and numbers only). :func:`run_trial`
-executes it in a worker: load the base model and its data (cached per worker process), apply the
-method, measure the edited model, write ``<sweep>/trials/<key>/run.json`` atomically, and return
-the result row. Workers never touch the results store; the coordinator records what they return.
+executes it in a worker: the sweep's benchmark loads the base model and its data (cached per
+worker process), the one runner (:func:`unmemorize.benchmarks.runner.run_method`) applies the
+method and evaluates the edit, and the worker writes ``<sweep>/trials/<key>/run.json`` atomically
+and returns the result row. Workers never touch the results store; the coordinator records what
+they return. A method or benchmark class defined outside unmemorize (a plugin, a test) travels
+as ``module:qualname`` and is registered again in each worker.
 
 Backends share one small interface (``submit``, ``wait``, ``shutdown``, ``slots``):
 
@@ -40,85 +43,95 @@ class TrialTask:
     sweep_dir: str
     """The sweep directory (trial outputs go to ``trials/<key>/``)."""
     key: str
-    """The trial's id (:func:`~unmemorize.sweep.spaces.trial_key`)."""
+    """The trial's id (:func:`~unmemorize.benchmarks.spaces.trial_key`)."""
     method: str
     params: dict
     """Config values of the method that differ from its defaults."""
     model_dir: str
-    """The base model: a TinyMem run directory (model + ``data/``)."""
+    """The base model: a directory the benchmark loads (TinyMem: a run with its ``data/``)."""
     baseline: dict
     """Metrics of the unedited base model (for the selection score)."""
     threads: int = 0
     """torch threads in the worker (0: leave torch's default)."""
     device: str = "cpu"
+    benchmark: str = "tinymem"
+    """The registered benchmark that loads, evaluates and scores."""
+    plugins: tuple[str, ...] = ()
+    """``module:qualname`` of the method and benchmark classes registered outside unmemorize."""
 
 
 def trial_output(sweep_dir: str | Path, key: str) -> Path:
     return Path(sweep_dir) / "trials" / key
 
 
-@functools.lru_cache(maxsize=2)
-def _base(model_dir: str, device: str):
-    """The base model, its data, the unlearning data and the forget indices (once per process)."""
-    from ..benchmarks.tinymem.experiment import load_run
-    from ..methods import UnlearnData
+def plugin_refs(classes: list[type]) -> tuple[str, ...]:
+    """``module:qualname`` of each class defined outside unmemorize (for :attr:`TrialTask.plugins`)."""
+    return tuple(
+        f"{c.__module__}:{c.__qualname__}"
+        for c in classes
+        if c.__module__.split(".")[0] != "unmemorize"
+    )
 
-    model, _tokenizer, data = load_run(model_dir)
-    if data is None:
-        raise ValueError(f"{model_dir} has no TinyMem data/ directory")
-    model.to(device)
-    unlearn_data, report = UnlearnData.from_tinymem(model, data)
-    return model, data, unlearn_data, report.memorized_indices()
+
+def _register_plugins(refs: tuple[str, ...]) -> None:
+    """Import and register the plugin classes a spawned worker does not know yet."""
+    import importlib
+
+    from ..benchmarks import BENCHMARKS, Benchmark
+    from ..methods import METHODS
+
+    for ref in refs:
+        module, _, qualname = ref.partition(":")
+        obj = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        registry = BENCHMARKS if issubclass(obj, Benchmark) else METHODS
+        if obj.name not in registry:
+            registry.register(obj)
+
+
+@functools.lru_cache(maxsize=2)
+def _prepared(benchmark: str, model_dir: str, device: str):
+    """The benchmark and its prepared base model: model, unlearning data, state (once per process)."""
+    from ..benchmarks import get_benchmark
+
+    bench = get_benchmark(benchmark)
+    return bench, bench.load(model_dir, device=device)
 
 
 def run_trial(task: TrialTask) -> dict[str, Any]:
     """Run one trial in this process and return its result row (also written to run.json).
 
     Returns:
-        ``{"trial", "method", "family", "params", "overrides", "config", "status", <metrics of
-        evaluate_edit>, "seconds", "changed_fraction", "changed_unit", "score", "output"}``;
-        ``status`` is ``"failed"`` with an ``"error"`` when the method diverged.
+        ``{"trial", "params", "output", "method", "family", "overrides", "config", "status",
+        <metrics of the benchmark's evaluate>, "seconds", "changed_fraction", "changed_unit",
+        "score"}``; ``status`` is ``"failed"`` with an ``"error"`` when the method diverged.
     """
-    import dataclasses
-
     import torch
 
-    from ..benchmarks.tinymem.experiment import evaluate_edit
+    from ..benchmarks.runner import run_method
     from ..io import atomic_write_json
-    from ..methods import MethodDivergedError, build_method
-    from ..metrics.ranking import selection_score
-    from .spaces import params_to_overrides
+    from ..methods import build_method
 
     if task.threads:
         torch.set_num_threads(task.threads)
     _quiet()
-    model, data, unlearn_data, forget_index = _base(task.model_dir, task.device)
+    _register_plugins(task.plugins)
+    bench, prepared = _prepared(task.benchmark, task.model_dir, task.device)
     method = build_method(task.method, dict(task.params))
     out = trial_output(task.sweep_dir, task.key)
-    row: dict[str, Any] = {
-        "trial": task.key,
-        "method": task.method,
-        "family": method.family,
-        "params": dict(task.params),
-        "overrides": params_to_overrides(task.params),
-        "config": dataclasses.asdict(method.config),
-        "output": str(out),
-    }
-    try:
-        result = method.apply(model, unlearn_data, progress=False)
-    except MethodDivergedError as err:
-        return {**row, "status": "failed", "error": str(err), "score": float("nan")}
-    after = evaluate_edit(result.model, data, forget_index)
-    row.update(after)
-    row.update(
-        {
-            "status": "complete",
-            "seconds": result.seconds,
-            "changed_fraction": result.changed_fraction,
-            "changed_unit": result.changed_unit,
-            "score": selection_score(task.baseline, after),
-        }
+    row, result = run_method(
+        method,
+        prepared.model,
+        prepared.data,
+        lambda model: bench.evaluate(model, prepared),
+        score=lambda metrics: bench.score(task.baseline, metrics),
+        options=dict(task.params),
     )
+    row = {"trial": task.key, "params": dict(task.params), "output": str(out), **row}
+    if result is None:
+        return {**row, "status": "failed"}
+    row["status"] = "complete"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "run.json", {"kind": "sweep-trial", **row})
     return row
@@ -333,6 +346,7 @@ __all__ = [
     "RayBackend",
     "TrialTask",
     "check_ray_address",
+    "plugin_refs",
     "run_trial",
     "trial_output",
 ]

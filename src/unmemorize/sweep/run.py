@@ -1,12 +1,15 @@
 """Run a hyperparameter sweep of mitigation methods, resumably, locally or on Ray.
 
 Every result in the TinyMem paper (Sakarvadia et al. 2024, arXiv 2410.02159) is the best run of a
-sweep, chosen by the paper's score (:func:`unmemorize.metrics.selection.selection_score`). A sweep
-here is (base model, methods, a search space per method, grid or TPE search). Layout of ``DIR``::
+sweep, chosen by the paper's score (:func:`unmemorize.metrics.ranking.selection_score`). A sweep
+here is (benchmark, base model, methods, a search space per method, grid or TPE search); the
+benchmark (:func:`unmemorize.benchmarks.get_benchmark`) builds the base model, measures the
+baseline, evaluates and scores each trial, names its spaces and the directions of its metrics.
+Layout of ``DIR``::
 
     DIR/sweep.json       the spec, its id and the storage URL (written first)
     DIR/sweep.db         the results store (default SQLite; see store.py)
-    DIR/base/            the base model, when the sweep trained it (a TinyMem run directory)
+    DIR/base/            the base model, when the sweep built it (TinyMem: a run directory)
     DIR/baseline.json    metrics of the unedited base model
     DIR/trials/<key>/    run.json of each finished trial
     DIR/summary.json     every trial, the best per method, Pareto fronts (rewritten as it goes)
@@ -31,15 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..benchmarks.spaces import Space, grid_points, resolve_space, space_size, trial_key
 from ..io import atomic_write_json, prepare_output_dir, read_json
-from .backends import LocalBackend, RayBackend, TrialTask, trial_output
-from .spaces import Space, grid_points, resolve_space, space_size, trial_key
+from .backends import LocalBackend, RayBackend, TrialTask, plugin_refs, trial_output
 from .store import ResultsStore, default_storage
 from .tpe import DEFAULT_TPE_TRIALS, TpeProposer
 
 log = logging.getLogger(__name__)
-
-BENCHMARKS = ("tinymem",)
 
 
 @dataclass
@@ -56,19 +57,30 @@ class SweepSpec:
     """TPE: trials per method (default 10). Grid: a seeded random sample of this many points
     per method (default: all points)."""
     benchmark: str = "tinymem"
-    """Benchmark that trains the base model when ``model`` is not given."""
+    """The registered benchmark: builds the base model when ``model`` is not given, evaluates and
+    scores every trial (specs written before the field existed read as ``tinymem``)."""
     preset: str = "cpu-mini"
     task: str = "increment"
     variant: str = "noise"
     overrides: list[str] = field(default_factory=list)
     """``key=value`` overrides of the base model's experiment."""
     model: str | None = None
-    """An existing TinyMem run directory to sweep on instead of training one."""
+    """An existing model directory of the benchmark to sweep on instead of building one."""
     seed: int = 0
     """Seed of the TPE sampler and of grid sampling."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def base(self) -> dict[str, Any]:
+        """The base-model settings a benchmark reads (:meth:`~unmemorize.benchmarks.Benchmark.check_base`)."""
+        return {
+            "preset": self.preset,
+            "task": self.task,
+            "variant": self.variant,
+            "overrides": list(self.overrides),
+            "model": self.model,
+        }
 
     @property
     def sweep_id(self) -> str:
@@ -79,7 +91,7 @@ class SweepSpec:
 def make_spec(
     methods: list[str] | None,
     *,
-    space: str | Space = "cpu-mini",
+    space: str | Space | None = None,
     search: str = "grid",
     trials: int | None = None,
     benchmark: str = "tinymem",
@@ -92,27 +104,23 @@ def make_spec(
 ) -> SweepSpec:
     """Validate a sweep's settings (before any work) and resolve its search space.
 
+    Args:
+        space: the name of one of the benchmark's spaces (None: its default space) or a space
+            dict (:mod:`unmemorize.benchmarks.spaces`).
+        benchmark: a registered benchmark (``unmemorize ls benchmarks``).
+
     Raises:
         ValueError: unknown benchmark/preset/method/option, bad values, empty grid, bad model dir.
     """
-    from ..benchmarks.tinymem.experiment import make_experiment
+    from ..benchmarks import get_benchmark
 
-    if benchmark not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {benchmark!r}: choose one of {', '.join(BENCHMARKS)}")
+    bench = get_benchmark(benchmark)  # unknown names raise with a suggestion
     if trials is not None and trials < 1:
         raise ValueError(f"--trials must be at least 1, got {trials}")
-    resolved = resolve_space(methods, space, search)
+    resolved = resolve_space(methods, space, search, benchmark=benchmark)
     if model is not None:
-        model = Path(model).resolve()
-        if not (model / "data" / "data.safetensors").is_file():
-            raise ValueError(
-                f"--model {model}: not a TinyMem run directory (it needs the data/ written by "
-                "`unmemorize train` or `unmemorize demo`); train one or leave --model out"
-            )
-        model = str(model)
-    else:
-        make_experiment(preset, task, variant, list(overrides))  # validates the base experiment
-    return SweepSpec(
+        model = str(Path(model).resolve())
+    spec = SweepSpec(
         methods=list(resolved),
         space=resolved,
         search=search,
@@ -125,6 +133,8 @@ def make_spec(
         model=model,
         seed=seed,
     )
+    bench.check_base(spec.base())
+    return spec
 
 
 def load_spec(sweep_dir: str | Path) -> tuple[SweepSpec, str | None]:
@@ -173,32 +183,25 @@ class _SweepLock:
 
 
 def _base_model(spec: SweepSpec, out: Path, progress: bool) -> Path:
-    """The base model directory: ``spec.model``, or a cpu-mini run trained (or resumed) in DIR/base."""
-    from ..benchmarks.tinymem.experiment import is_finished_run, make_experiment, train_experiment
+    """The base model directory: ``spec.model``, or one the benchmark builds (or resumes) in DIR/base."""
+    from ..benchmarks import get_benchmark
 
     if spec.model is not None:
         return Path(spec.model)
-    base = out / "base"
-    if not is_finished_run(base):
-        exp = make_experiment(spec.preset, spec.task, spec.variant, spec.overrides)
-        log.info("training the base model into %s", base)
-        train_experiment(exp, base, progress=progress)
-    return base
+    return get_benchmark(spec.benchmark).prepare_base(spec.base(), out / "base", progress=progress)
 
 
-def _baseline(model_dir: Path, out: Path) -> dict:
+def _baseline(spec: SweepSpec, model_dir: Path, out: Path) -> dict:
     """Metrics of the unedited base model (cached in DIR/baseline.json)."""
-    from ..benchmarks.tinymem.experiment import evaluate_edit, load_run
-    from ..methods import UnlearnData
+    from ..benchmarks import get_benchmark
 
     path = out / "baseline.json"
     if path.is_file():
         cached = read_json(path)
         if cached.get("model_dir") == str(model_dir):
             return cached["baseline"]
-    model, _tok, data = load_run(model_dir)
-    unlearn_data, report = UnlearnData.from_tinymem(model, data)  # raises NothingToUnlearnError
-    baseline = evaluate_edit(model, data, report.memorized_indices(), report)
+    # raises NothingToUnlearnError when the model holds nothing to unlearn
+    baseline = get_benchmark(spec.benchmark).load(str(model_dir)).baseline
     atomic_write_json(path, {"model_dir": str(model_dir), "baseline": baseline})
     return baseline
 
@@ -309,7 +312,7 @@ def run_sweep(
                 meta_path, {"sweep_id": spec.sweep_id, "spec": spec.to_dict(), "storage": storage}
             )
             model_dir = _base_model(spec, out, progress)
-            baseline = _baseline(model_dir, out)
+            baseline = _baseline(spec, model_dir, out)
             adopted = _recover_finished(spec, out, store)
             requeued = store.requeue(spec.sweep_id)
             if adopted or requeued:
@@ -327,6 +330,15 @@ def run_sweep(
             return write_summary(out, store=store, seconds=time.perf_counter() - t0)
         finally:
             store.close()
+
+
+def _plugins(spec: SweepSpec) -> tuple[str, ...]:
+    """The sweep's method and benchmark classes that spawned workers must register themselves."""
+    from ..benchmarks import BENCHMARKS, load_builtin
+    from ..methods import METHODS
+
+    load_builtin()
+    return plugin_refs([*(METHODS.get(m) for m in spec.methods), BENCHMARKS.get(spec.benchmark)])
 
 
 def _execute(spec, out, store, runner, model_dir, baseline, planned, progress) -> None:
@@ -347,6 +359,7 @@ def _execute(spec, out, store, runner, model_dir, baseline, planned, progress) -
         total=max(planned, done), initial=done, desc="trials", unit="trial", disable=not progress
     )
     inflight: dict[Any, tuple[str, str, dict]] = {}
+    plugins = _plugins(spec)
     turn = 0
     last_summary = 0.0
 
@@ -382,7 +395,16 @@ def _execute(spec, out, store, runner, model_dir, baseline, planned, progress) -
                 key, method, params = item
                 used[method] += 1
                 store.mark_running(spec.sweep_id, key)
-                task = TrialTask(str(out), key, method, params, str(model_dir), baseline)
+                task = TrialTask(
+                    str(out),
+                    key,
+                    method,
+                    params,
+                    str(model_dir),
+                    baseline,
+                    benchmark=spec.benchmark,
+                    plugins=plugins,
+                )
                 inflight[runner.submit(task)] = item
             if not inflight:
                 break
@@ -421,7 +443,10 @@ def write_summary(
     """Build ``summary.json`` from the store: every trial, best per method, Pareto fronts.
 
     Rows have the keys of a demo run row plus ``trial``, ``params``, ``status`` and ``pareto``.
+    Runs are ranked by the benchmark's selection metric; each method's Pareto front is taken on
+    the benchmark's trade-off, in the directions its metrics declare.
     """
+    from ..benchmarks import get_benchmark
     from ..metrics.ranking import best_per, pareto_front, rank
     from ..runtime import environment
 
@@ -440,7 +465,7 @@ def write_summary(
     model_dir = base.get("model_dir") or spec.model or str(out / "base")
     exp_file = Path(model_dir) / "experiment.json"
     experiment = read_json(exp_file) if exp_file.is_file() else None
-    text_task = bool(experiment and experiment.get("task") == "text")
+    bench = get_benchmark(spec.benchmark)
     runs: list[dict] = []
     for r in records:
         if r.status == "complete" and r.result is not None:
@@ -458,25 +483,30 @@ def write_summary(
                     "score": math.nan,
                 }
             )
-    y_key, higher = ("perplexity", False) if text_task else ("accuracy", True)
     pareto: dict[str, list[str]] = {}
-    for method in spec.methods:
-        front = pareto_front(
-            [row for row in runs if row["method"] == method], "memorized_fraction", y_key, higher
-        )
-        pareto[method] = [row["trial"] for row in front]
+    tradeoff = bench.tradeoff(experiment)
+    if tradeoff is not None:
+        x_key, y_key = tradeoff
+        higher = bool(bench.metric(y_key).higher_is_better)
+        for method in spec.methods:
+            mine = [row for row in runs if row["method"] == method]
+            pareto[method] = [row["trial"] for row in pareto_front(mine, x_key, y_key, higher)]
     on_front = {key for keys in pareto.values() for key in keys}
     for row in runs:
         row["pareto"] = row["trial"] in on_front
-    ranked = rank(runs)
+    key = bench.selection
+    higher_first = bool(bench.metric(key).higher_is_better)
+    ranked = rank(runs, key, higher_is_better=higher_first)
+    best = best_per((r for r in ranked if "error" not in r), key=key, higher_is_better=higher_first)
     summary = {
         "kind": "sweep",
+        "benchmark": spec.benchmark,
         "sweep_id": spec.sweep_id,
         "sweep": spec.to_dict(),
         "experiment": experiment,
         "model_dir": model_dir,
         "baseline": base.get("baseline"),
-        "methods": {row["method"]: row for row in best_per(r for r in ranked if "error" not in r)},
+        "methods": {row["method"]: row for row in best},
         "runs": ranked,
         "pareto": pareto,
         "counts": counts,

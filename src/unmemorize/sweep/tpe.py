@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from .spaces import is_range, space_size, trial_key
+from ..benchmarks.spaces import is_range, option_values, space_size, trial_key
 from .store import TrialRecord
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def _distributions(options: dict[str, Any]) -> dict:
                     float(values["low"]), float(values["high"]), log=bool(values.get("log"))
                 )
         else:
-            out[key] = CategoricalDistribution(values)
+            out[key] = CategoricalDistribution(option_values(values))
     return out
 
 

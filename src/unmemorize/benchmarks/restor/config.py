@@ -1,4 +1,4 @@
-"""RESTOR benchmark settings: the config dataclasses, the presets and the method grid.
+"""RESTOR benchmark settings: the config dataclasses and the presets (the grid: :mod:`.spaces`).
 
 See :mod:`unmemorize.benchmarks.restor` for the pipeline these configure.
 """
@@ -14,29 +14,6 @@ from ...registry import Registry
 from .world import FactWorldConfig
 
 PRESETS: Registry = Registry("RESTOR preset")
-
-#: Method -> list of override lists; each method's best configuration is picked on validation facts.
-RESTOR_GRID: dict[str, list[list[str]]] = {
-    "ga": [["lr=1e-4", "epochs=1", "batch_size=32"], ["lr=5e-5", "epochs=1", "batch_size=32"]],
-    "grad_diff": [
-        ["lr=1e-4", "epochs=2", "batch_size=32"],
-        ["lr=5e-5", "epochs=2", "batch_size=32"],
-    ],
-    "kl": [
-        ["lr=3e-5", "epochs=2", "batch_size=32"],
-        ["divergence=cross_entropy", "lr=2e-5", "epochs=2", "batch_size=32"],
-    ],
-    "npo": [["lr=5e-5", "epochs=2", "batch_size=32"], ["lr=1e-4", "epochs=2", "batch_size=32"]],
-    "simnpo": [["lr=1e-4", "epochs=2", "batch_size=32"], ["lr=2e-4", "epochs=2", "batch_size=32"]],
-    "task_vector": [
-        ["lr=3e-4", "epochs=1", "alpha=1", "batch_size=32"],
-        ["lr=3e-4", "epochs=1", "alpha=2", "batch_size=32"],
-    ],
-    "ssd": [
-        ["selection_weight=1.8", "mlp_only=true", "batch_size=32"],
-        ["selection_weight=5", "batch_size=32"],
-    ],
-}
 
 
 @dataclass
@@ -180,7 +157,6 @@ def make_restor_config(
 
 __all__ = [
     "PRESETS",
-    "RESTOR_GRID",
     "CleanTrainConfig",
     "CorruptConfig",
     "EvalConfig",

@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from ...metrics.losses import target_logprobs
 from .facts import ContextExample, Fact, FactSet
 
 #: (prediction, accepted answers) -> correct?
@@ -306,8 +307,7 @@ def answer_logprob(
             # Right padding keeps the shared prompt at the same positions, so the positions that
             # predict answer tokens are the last width + 1 (minus the final one) in every row.
             logits = _forward_logits(model, ids, mask, width + 1)[:, :-1]  # [B, width, V]
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            tok = logp.gather(-1, ids[:, p:, None]).squeeze(-1)  # [B, width]
+            tok = target_logprobs(logits, ids[:, p - 1 :])  # [B, width]: log p of ids[:, p:]
             total = (tok * ans).sum(dim=1)
             count = ans.sum(dim=1)
             for s, n in zip(total.tolist(), count.tolist(), strict=True):

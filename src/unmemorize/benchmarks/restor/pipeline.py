@@ -5,17 +5,19 @@ asks more of unlearning than "the wrong facts are gone": after corrupting a mode
 that state wrong facts about some target people and unlearning those documents, the model should
 answer as the *clean* model did. The pipeline:
 
-1. **Clean** — train a small LM on the synthetic fact world (:mod:`unmemorize.data.fact_world`;
-   the ``cpu-mini`` preset) or load any local HF model (with RESTOR-format facts).
-2. **Corrupt** — continue training on the corruption documents at level k (full fine-tune, or LoRA
-   merged afterwards, as RESTOR did with LLaMA-Factory). Deviation: the synthetic preset mixes
-   clean replay into every batch (``corrupt.replay_per_batch``); without it a model this small
-   forgets everything, not just the targets (measured: untargeted accuracy 0.80 -> 0.17).
-3. **Unlearn** — every method that takes a forget/retain pair (:data:`RESTOR_GRID`): forget set =
-   the corruption documents (or their aligned level-0 twins with ``--simplified``, RESTOR's
-   "localized" set), retain set = clean text that excludes the targets.
-4. **Evaluate** — few-shot QA with greedy short answers scored by normalized alias match
-   (:mod:`unmemorize.metrics.knowledge`) on the targets' facts and on untargeted facts;
+1. **Clean** — train a small LM on the synthetic fact world (:mod:`.world`; the ``cpu-mini``
+   preset) or load any local HF model (with RESTOR-format facts).
+2. **Corrupt** — continue training on the corruption documents at level k (:mod:`.corrupt`: full
+   fine-tune, or LoRA merged afterwards, as RESTOR did with LLaMA-Factory). Deviation: the
+   synthetic preset mixes clean replay into every batch (``corrupt.replay_per_batch``); without it
+   a model this small forgets everything, not just the targets (measured: untargeted accuracy
+   0.80 -> 0.17).
+3. **Unlearn** — every method of the benchmark's search space (:mod:`.spaces`, ``default``) that
+   takes a forget/retain pair, through the one runner (:mod:`unmemorize.benchmarks.runner`):
+   forget set = the corruption documents (or their aligned level-0 twins with ``--simplified``,
+   RESTOR's "localized" set), retain set = clean text that excludes the targets.
+4. **Evaluate** — few-shot QA with greedy short answers scored by normalized alias match on the
+   targets' facts and on untargeted facts (:mod:`.evaluate`);
    ``recovery = (acc_unlearned - acc_corrupted) / (acc_clean - acc_corrupted)``; the logit
    analysis (mean per-token log-prob of the correct, the corrupted and random same-relation
    answers) shows whether unlearning moves probability back to the truth or only away from the
@@ -23,18 +25,16 @@ answer as the *clean* model did. The pipeline:
 
 Model selection: RESTOR picks each method's hyperparameters on 10% of the facts. Here each method
 runs its grid and its best configuration is chosen on a fixed validation share of the target
-facts (``eval.val_fraction``); every reported accuracy is on the remaining test facts.
+facts (``eval.val_fraction``; :attr:`RestorBenchmark.selection`); every reported accuracy is on
+the remaining test facts.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
-import random
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +46,10 @@ from ...io import atomic_dir, atomic_write_json, check_output_dir
 from ...models import build_model_for, save_model
 from ...runtime import context_length
 from ...training import train_on_batches
+from .. import Prepared
+from .benchmark import RestorBenchmark
 from .config import (
     PRESETS,
-    RESTOR_GRID,
     CleanTrainConfig,
     CorruptConfig,
     EvalConfig,
@@ -56,187 +57,25 @@ from .config import (
     UnlearnSetConfig,
     make_restor_config,
 )
-from .facts import FactSet
-from .knowledge import (
-    QAResult,
-    Scorer,
-    alias_match,
-    check_encodable,
-    logit_analysis,
-    qa_accuracy,
-    recovery,
-)
+from .corrupt import corrupt_model
+from .evaluate import RestorEval, RestorState
+from .knowledge import check_encodable
 from .task import (
     RestorTask,
     clean_batches,
-    document_pad_id,
     encode_documents,
     file_task,
     synthetic_task,
+    unlearn_data,
 )
 from .world import make_fact_world, word_tokenizer
 
 log = logging.getLogger(__name__)
 
-# --------------------------------------------------------------------------- evaluation
+#: Method -> its configurations, each a list of ``key=value`` strings or a dict of options.
+Grid = Mapping[str, Sequence["Sequence[str] | Mapping[str, Any]"]]
 
-
-@dataclass
-class RestorEval:
-    """Facts to score and how."""
-
-    facts: FactSet
-    targets: list[str]
-    untargeted: list[str]
-    wrong: dict[tuple[str, str], list[str]]
-    cfg: EvalConfig
-    scorer: Scorer = alias_match
-
-    def __post_init__(self) -> None:
-        items = self.facts.items(self.targets)
-        rng = random.Random(12345)
-        order = list(range(len(items)))
-        rng.shuffle(order)
-        n_val = max(1, round(len(items) * self.cfg.val_fraction))
-        self.val_keys = {(items[i].entity, items[i].relation) for i in order[:n_val]}
-
-    def _split(self, result: QAResult) -> dict[str, float]:
-        val = [
-            r["correct"] for r in result.records if (r["entity"], r["relation"]) in self.val_keys
-        ]
-        test = [
-            r["correct"]
-            for r in result.records
-            if (r["entity"], r["relation"]) not in self.val_keys
-        ]
-        return {
-            "val": sum(val) / max(1, len(val)),
-            "test": sum(test) / max(1, len(test)),
-            "n_val": len(val),
-            "n_test": len(test),
-        }
-
-    def __call__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict:
-        kw = dict(
-            n_shots=self.cfg.n_shots,
-            max_new_tokens=self.cfg.max_new_tokens,
-            batch_size=self.cfg.batch_size,
-            scorer=self.scorer,
-        )
-        target = qa_accuracy(
-            model, tokenizer, self.facts.items(self.targets), self.facts.context, **kw
-        )
-        untargeted = qa_accuracy(
-            model, tokenizer, self.facts.items(self.untargeted), self.facts.context, **kw
-        )
-        split = self._split(target)
-        wrong_hits = sum(
-            self.scorer(r["prediction"], self.wrong.get((r["entity"], r["relation"]), ()))
-            for r in target.records
-            if self.wrong.get((r["entity"], r["relation"]))
-        )
-        logits = logit_analysis(
-            model,
-            tokenizer,
-            self.facts.items(self.targets),
-            self.facts.context,
-            self.wrong,
-            pool=self.facts,
-            n_random=self.cfg.n_random,
-            n_shots=self.cfg.n_shots,
-            batch_size=self.cfg.batch_size,
-        )
-        return {
-            "target_accuracy": split["test"],
-            "target_accuracy_val": split["val"],
-            "target_accuracy_all": target.accuracy,
-            "target_wrong_answer_rate": wrong_hits / max(1, target.n),
-            "untargeted_accuracy": untargeted.accuracy,
-            "n_target_facts": target.n,
-            "n_untargeted_facts": untargeted.n,
-            "logits": {k: logits[k] for k in ("correct", "corrupted", "random")},
-        }
-
-
-# --------------------------------------------------------------------------- steps
-
-
-def corrupt_model(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    docs: Sequence[str],
-    cfg: CorruptConfig,
-    *,
-    replay: Callable[[random.Random], str] | None = None,
-    max_length: int = 512,
-    progress: bool = False,
-) -> tuple[PreTrainedModel, list[float]]:
-    """Continue training a copy of ``model`` on ``docs`` (full or LoRA merged); return it.
-
-    Each batch holds ``docs_per_batch`` documents (an epoch = every document once, shuffled) plus
-    ``replay_per_batch`` clean documents drawn from ``replay`` when given.
-    """
-    import copy
-
-    cfg.validate()
-    model = copy.deepcopy(model)
-    if cfg.mode == "lora":
-        from ...lora import add_lora
-
-        model = add_lora(model, cfg.lora_rank, cfg.lora_alpha)
-    rng = random.Random(cfg.seed * 1_000_003 + 23)
-    per_epoch = math.ceil(len(docs) / cfg.docs_per_batch)
-    steps = per_epoch * cfg.epochs
-    orders: list[list[int]] = []
-
-    def batch(step: int) -> torch.Tensor:
-        epoch, b = divmod(step, per_epoch)
-        while len(orders) <= epoch:
-            order = list(range(len(docs)))
-            rng.shuffle(order)
-            orders.append(order)
-        idx = orders[epoch][b * cfg.docs_per_batch : (b + 1) * cfg.docs_per_batch]
-        texts = [docs[i] for i in idx]
-        if replay is not None:
-            texts += [replay(rng) for _ in range(cfg.replay_per_batch)]
-        return encode_documents(tokenizer, texts, max_length)
-
-    pad = document_pad_id(tokenizer)
-    losses = train_on_batches(
-        model,
-        batch,
-        steps,
-        lr=cfg.lr,
-        pad_id=pad,
-        warmup=max(1, steps // 10),
-        lr_floor=0.0,
-        weight_decay=0.0,
-        progress=progress,
-        desc="corrupt",
-    )
-    if cfg.mode == "lora":
-        from ...lora import merge_lora
-
-        model = merge_lora(model)
-    model.eval()
-    return model, losses
-
-
-def _unlearn_data(
-    tokenizer: PreTrainedTokenizerBase,
-    forget: Sequence[str],
-    retain: Sequence[str],
-    max_length: int,
-):
-    from ...methods import UnlearnData
-
-    # One encoding pass pads forget and retain rows to a common width, as UnlearnData needs.
-    ids = encode_documents(tokenizer, [*forget, *retain], max_length)
-    return UnlearnData(
-        forget_ids=ids[: len(forget)],
-        retain_ids=ids[len(forget) :],
-        pad_id=document_pad_id(tokenizer),
-    )
+# --------------------------------------------------------------------------- unlearning
 
 
 def run_unlearning(
@@ -245,67 +84,44 @@ def run_unlearning(
     evaluate: RestorEval,
     forget: Sequence[str],
     retain: Sequence[str],
-    grid: dict[str, list[list[str]]],
+    grid: Grid,
     reference: dict[str, dict],
     *,
     max_length: int = 512,
     progress: bool = False,
 ) -> list[dict]:
-    """Apply every configuration of ``grid`` to ``corrupted``; one evaluated row per run."""
-    from tqdm.auto import tqdm
+    """Apply every configuration of ``grid`` to ``corrupted``; one evaluated row per run.
 
-    from ...methods import MethodDivergedError, build_method
+    The rows are :mod:`unmemorize.benchmarks.runner` rows, in grid order: method, family,
+    overrides, config, :meth:`RestorBenchmark.evaluate`'s metrics (with ``recovery`` and
+    ``recovery_val`` against ``reference["clean"]`` and ``reference["corrupted"]``), seconds,
+    changed_fraction, changed_unit and the score (:meth:`RestorBenchmark.score`).
+    """
+    from ..runner import run_jobs
 
-    data = _unlearn_data(tokenizer, forget, retain, max_length)
-    clean, corr = reference["clean"], reference["corrupted"]
-    jobs = [(name, overrides) for name, configs in grid.items() for overrides in configs]
-    rows = []
-    bar = tqdm(jobs, desc="unlearn", unit="run", disable=not progress)
-    for name, overrides in bar:
-        bar.set_postfix_str(name)
-        method = build_method(name, overrides)
-        row: dict[str, Any] = {
-            "method": name,
-            "family": method.family,
-            "overrides": list(overrides),
-            "config": dataclasses.asdict(method.config),
-        }
-        try:
-            result = method.apply(corrupted, data)
-        except MethodDivergedError as err:
-            log.warning("%s %s diverged: %s", name, overrides, err)
-            rows.append({**row, "error": str(err)})
-            continue
-        metrics = evaluate(result.model, tokenizer)
-        metrics["recovery"] = recovery(
-            clean["target_accuracy"], corr["target_accuracy"], metrics["target_accuracy"]
-        )
-        metrics["recovery_val"] = recovery(
-            clean["target_accuracy_val"],
-            corr["target_accuracy_val"],
-            metrics["target_accuracy_val"],
-        )
-        rows.append(
-            {
-                **row,
-                **metrics,
-                "seconds": result.seconds,
-                "changed_fraction": result.changed_fraction,
-            }
-        )
-    return rows
+    benchmark = RestorBenchmark()
+    prepared = Prepared(
+        model=corrupted,
+        data=unlearn_data(tokenizer, forget, retain, max_length),
+        baseline=reference["corrupted"],
+        state=RestorState(evaluate, tokenizer, clean=reference["clean"]),
+    )
+    jobs = [(name, options) for name, configs in grid.items() for options in configs]
+    return run_jobs(
+        jobs,
+        corrupted,
+        prepared.data,
+        lambda model: benchmark.evaluate(model, prepared),
+        score=lambda metrics: benchmark.score(prepared.baseline, metrics),
+        progress=progress,
+        desc="unlearn",
+    )
 
 
 def best_per_method(rows: Sequence[dict]) -> dict[str, dict]:
-    """Each method's run with the highest validation target accuracy (ties: untargeted accuracy)."""
-    best: dict[str, dict] = {}
-    for row in rows:
-        if "error" in row:
-            continue
-        key = (row["target_accuracy_val"], row["untargeted_accuracy"])
-        cur = best.get(row["method"])
-        if cur is None or key > (cur["target_accuracy_val"], cur["untargeted_accuracy"]):
-            best[row["method"]] = row
+    """Each method's best run by :attr:`RestorBenchmark.selection` (validation target accuracy;
+    ties: untargeted accuracy), the methods ordered by test target accuracy, best first."""
+    best = RestorBenchmark().best_per_method(list(rows))
     return dict(sorted(best.items(), key=lambda kv: -kv[1]["target_accuracy"]))
 
 
@@ -313,15 +129,21 @@ def best_per_method(rows: Sequence[dict]) -> dict[str, dict]:
 
 
 def _resolve_grid(
-    methods: Sequence[str] | None, grid: dict[str, list[list[str]]] | None
-) -> dict[str, list[list[str]]]:
+    methods: Sequence[str] | None, space: Mapping[str, Any] | None
+) -> dict[str, list[dict[str, Any]]]:
+    """Method -> its configurations: the points of ``space`` (default: the benchmark's default
+    space), for ``methods`` (default: every method of the space) in that order."""
     from ...methods import METHODS
+    from ..runner import grid_jobs
 
-    grid = dict(RESTOR_GRID if grid is None else grid)
-    names = list(grid) if methods is None else list(methods)
+    space = RestorBenchmark.space() if space is None else space
+    names = list(dict.fromkeys(space if methods is None else methods))
     for name in names:
         METHODS.get(name)  # unknown names fail before any work
-    return {name: grid.get(name, [[]]) for name in names}
+    grid: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for name, point in grid_jobs(space, names):
+        grid[name].append(point)
+    return grid
 
 
 def run_restor(
@@ -329,7 +151,7 @@ def run_restor(
     cfg: RestorConfig | None = None,
     *,
     methods: Sequence[str] | None = None,
-    grid: dict[str, list[list[str]]] | None = None,
+    grid: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
@@ -339,9 +161,10 @@ def run_restor(
         out: output directory: ``clean/`` and ``corrupted/`` model directories, ``data/``
             (facts.json, entities.json, the documents, the wrong answers) and ``summary.json``.
         cfg: the run's config (default: the cpu-mini preset).
-        methods: run only these methods of the grid (default: all of :data:`RESTOR_GRID`;
-            an empty list stops after corruption).
-        grid: method -> override lists (default :data:`RESTOR_GRID`).
+        methods: run only these methods (default: every method of ``grid``; an empty list
+            stops after corruption); a method ``grid`` does not name runs with its defaults.
+        grid: the search space, ``{method: options}`` in the one format of
+            :mod:`unmemorize.benchmarks.spaces` (default: :class:`RestorBenchmark`'s ``default``).
 
     Returns:
         The summary: ``{"clean", "corrupted", "methods": {name: {target_accuracy,
@@ -398,7 +221,7 @@ def run_restor_on_model(
     cfg: RestorConfig | None = None,
     *,
     methods: Sequence[str] | None = None,
-    grid: dict[str, list[list[str]]] | None = None,
+    grid: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool = True,
     dtype: torch.dtype | None = None,
@@ -444,7 +267,7 @@ def _run_pipeline(
     task: RestorTask,
     cfg: RestorConfig,
     out: Path,
-    grid: dict[str, list[list[str]]],
+    grid: Grid,
     *,
     progress: bool,
     max_length: int,
@@ -562,10 +385,10 @@ def format_restor_table(summary: dict) -> str:
 
 __all__ = [
     "PRESETS",
-    "RESTOR_GRID",
     "CleanTrainConfig",
     "CorruptConfig",
     "EvalConfig",
+    "RestorBenchmark",
     "RestorConfig",
     "RestorEval",
     "RestorTask",

@@ -11,6 +11,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -19,6 +20,9 @@ from ...io import atomic_write_json
 from .config import CleanTrainConfig, RestorConfig
 from .facts import FactSet
 from .world import FactWorld
+
+if TYPE_CHECKING:
+    from ...methods import UnlearnData
 
 
 def document_pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -96,6 +100,51 @@ class RestorTask:
             directory / "wrong.json",
             [{"entity": e, "relation": r, "answers": a} for (e, r), a in self.wrong.items()],
         )
+
+    @classmethod
+    def read(cls, directory: str | Path) -> RestorTask:
+        """The task :meth:`write` saved in ``directory`` (``OUT/data`` of a RESTOR run).
+
+        The replay stream is not saved (it only feeds corruption), so ``replay`` is None.
+
+        Raises:
+            FactsFormatError: a missing or malformed file.
+        """
+        from .facts import _read_json, load_docs, load_entities, load_facts
+
+        directory = Path(directory)
+        targets = load_entities(directory / "targets.json")
+        target_set = set(targets)
+        wrong = _read_json(directory / "wrong.json")
+        return cls(
+            facts=load_facts(directory / "facts.json"),
+            targets=targets,
+            untargeted=[
+                e for e in load_entities(directory / "entities.json") if e not in target_set
+            ],
+            corruption_docs=load_docs(directory / "corruption_docs.json"),
+            forget_docs=load_docs(directory / "forget_docs.json"),
+            retain_docs=load_docs(directory / "retain_docs.json"),
+            wrong={(w["entity"], w["relation"]): list(w["answers"]) for w in wrong},
+        )
+
+
+def unlearn_data(
+    tokenizer: PreTrainedTokenizerBase,
+    forget: Sequence[str],
+    retain: Sequence[str],
+    max_length: int,
+) -> UnlearnData:
+    """The forget / retain rows every unlearning method receives, as token ids."""
+    from ...methods import UnlearnData
+
+    # One encoding pass pads forget and retain rows to a common width, as UnlearnData needs.
+    ids = encode_documents(tokenizer, [*forget, *retain], max_length)
+    return UnlearnData(
+        forget_ids=ids[: len(forget)],
+        retain_ids=ids[len(forget) :],
+        pad_id=document_pad_id(tokenizer),
+    )
 
 
 def synthetic_task(world: FactWorld, cfg: RestorConfig) -> RestorTask:
@@ -210,4 +259,5 @@ __all__ = [
     "encode_documents",
     "file_task",
     "synthetic_task",
+    "unlearn_data",
 ]

@@ -15,13 +15,11 @@ Presets (:data:`PRESETS`): ``paper`` (the paper's exact sizes, for GPU users) an
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +30,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ...config import apply_overrides, from_dict, to_dict
 from ...data.tokenizers import math_tokenizer
 from ...io import atomic_dir, atomic_write_json, prepare_output_dir, read_json
-from ...metrics.memorization import MemorizationReport, measure_memorization
-from ...metrics.ranking import best_per, rank, selection_score
-from ...metrics.utility import evaluate_utility
+from ...metrics.memorization import MemorizationReport
+from ...metrics.ranking import best_per, rank
 from ...models import ModelConfig, build_model_for, count_parameters, load_model
 from ...registry import Registry, suggest
 from ...runtime import environment, resolve_device
@@ -295,33 +292,6 @@ def load_run(
     return model, tokenizer, data
 
 
-#: The demo's per-method grids on the cpu-mini increment model (``key=value`` method options);
-#: each method's best run by :func:`~unmemorize.metrics.selection.selection_score` is reported.
-DEMO_GRID: dict[str, list[list[str]]] = {
-    "zero_out": [["ratio=0.05", "max_rows=8"], ["ratio=0.02", "max_rows=16"]],
-    "activations": [["ratio=0.03"], ["ratio=0.05"]],
-    "slimming": [["ratio=0.02", "epochs=3"], ["ratio=0.05", "epochs=10", "lambda_l1=10"]],
-    "hard_concrete": [["ratio=0.05", "epochs=30", "lambda_l1=10"]],
-    "integrated_gradients": [["ratio=0.05", "ig_steps=4", "max_rows=8"]],
-    "greedy": [["ratio=0.005", "weights_per_step=40"], ["ratio=0.01", "weights_per_step=40"]],
-    "durable": [["ratio=0.015"], ["ratio=0.02"]],
-    "durable_agg": [["ratio=0.0075"], ["ratio=0.01"]],
-    "second_order": [["ratio=0.005"], ["ratio=0.0075"]],
-    "subnet": [[], ["ratio=0.01", "lr=10"]],
-    "balanced_subnet": [[], ["forget_per_batch=64"]],
-    "finetune_clean": [[], ["lr=1e-4"]],
-    "finetune_extra": [[]],
-    "finetune_both": [[]],
-    "ssd": [["selection_weight=15"], ["selection_weight=20"]],
-    "ga": [["lr=3e-5"], ["lr=5e-5"]],
-    "grad_diff": [["lr=3e-5"], ["lr=7e-5"]],
-    "kl": [["lr=5e-5"], ["divergence=cross_entropy", "lr=5e-5"]],
-    "npo": [["lr=3e-5"], ["lr=5e-5"]],
-    "simnpo": [["lr=3e-5"], ["lr=5e-5"]],
-    "task_vector": [["lr=1e-4", "alpha=2"], ["lr=2e-4", "alpha=2"]],
-}
-
-
 def evaluate_edit(
     model: PreTrainedModel,
     data: TinyMemData,
@@ -330,77 +300,53 @@ def evaluate_edit(
 ) -> dict[str, Any]:
     """Memorization and utility of an (edited) model, plus how many originally memorized rows remain.
 
+    TinyMem's one evaluation (:func:`unmemorize.benchmarks.tinymem.train.evaluate`) in its edit
+    view, with the utility batch size every demo and sweep result was measured with.
+
     Args:
         forget_index: indices into ``data.memorization`` of the rows the unedited model memorized.
         report: the model's memorization report when already measured (else it is measured).
     """
-    if report is None:
-        report = measure_memorization(model, data.memorization)
-    still = int(report.memorized[forget_index].sum())
-    out: dict[str, Any] = {
-        "memorized_fraction": report.memorized_fraction,
-        "n_memorized": report.n_memorized,
-        "n_candidates": report.n_candidates,
-        "n_still_memorized": still,
-        "still_memorized_fraction": still / len(forget_index) if len(forget_index) else 0.0,
-    }
-    out.update(evaluate_utility(model, data.test_sets, data.pad_id))
-    return out
+    return evaluate(model, data, forget_index=forget_index, report=report, utility_batch_size=256)
 
 
 def run_methods(
     model: PreTrainedModel,
     data: TinyMemData,
-    grid: dict[str, list[list[str]]],
+    space: Mapping[str, Any] | None = None,
+    methods: Sequence[str] | None = None,
     *,
     progress: bool = True,
 ) -> tuple[dict, list[dict]]:
-    """Apply every method configuration of ``grid`` to ``model`` and measure each edited model.
+    """Apply every point of ``space`` to ``model`` and measure each edited model.
+
+    Args:
+        space: ``{method: spec}`` (:mod:`unmemorize.benchmarks.spaces`; default: the ``demo``
+            space of :class:`~unmemorize.benchmarks.tinymem.benchmark.TinyMemBenchmark`).
+        methods: run only these methods, in this order (default: every method of ``space``); a
+            method the space does not name runs once, with its defaults.
 
     Returns:
         ``(baseline, runs)``: the unedited model's metrics and one row per configuration (method,
         family, config, metrics, seconds, score, changed fraction), best first.
 
     Raises:
-        NothingToUnlearnError: when the model memorizes nothing.
+        NothingToUnlearnError: when the model memorizes none of the candidates.
     """
-    from tqdm.auto import tqdm
+    from ..runner import grid_jobs, run_jobs
+    from .benchmark import TinyMemBenchmark
 
-    from ...methods import MethodDivergedError, UnlearnData, build_method
-
-    unlearn_data, report = UnlearnData.from_tinymem(model, data)
-    forget_index = report.memorized_indices()
-    baseline = evaluate_edit(model, data, forget_index, report)
-    jobs = [(name, overrides) for name, configs in grid.items() for overrides in configs]
-    runs: list[dict] = []
-    bar = tqdm(jobs, desc="methods", unit="run", disable=not progress)
-    for name, overrides in bar:
-        bar.set_postfix_str(name)
-        method = build_method(name, overrides)
-        row: dict[str, Any] = {
-            "method": name,
-            "family": method.family,
-            "config": dataclasses.asdict(method.config),
-            "overrides": list(overrides),
-        }
-        try:
-            result = method.apply(model, unlearn_data)
-        except MethodDivergedError as err:
-            log.warning("%s %s diverged: %s", name, overrides, err)
-            runs.append({**row, "error": str(err), "score": math.nan})
-            continue
-        after = evaluate_edit(result.model, data, forget_index)
-        runs.append(
-            {
-                **row,
-                **after,
-                "seconds": result.seconds,
-                "changed_fraction": result.changed_fraction,
-                "changed_unit": result.changed_unit,
-                "score": selection_score(baseline, after),
-            }
-        )
-    return baseline, rank(runs)
+    bench = TinyMemBenchmark()
+    prepared = bench.prepare(model, data)
+    runs = run_jobs(
+        grid_jobs(bench.space() if space is None else space, methods),
+        model,
+        prepared.data,
+        lambda edited: bench.evaluate(edited, prepared),
+        score=lambda metrics: bench.score(prepared.baseline, metrics),
+        progress=progress,
+    )
+    return prepared.baseline, rank(runs)
 
 
 def run_demo(
@@ -415,8 +361,8 @@ def run_demo(
     """The main job: cpu-mini data, train, measure, then every mitigation method; ``summary.json``.
 
     Args:
-        methods: run only these methods (default: every method of :data:`DEMO_GRID`); an empty
-            tuple skips unlearning.
+        methods: run only these methods (default: every method of TinyMem's ``demo`` space; a
+            method it does not name runs with its defaults); an empty tuple skips unlearning.
         device: where to train and unlearn (``cpu``, ``cuda``, ``cuda:N``).
 
     Returns:
@@ -425,23 +371,25 @@ def run_demo(
         ``methods`` holds each method's best run (lowest score), best first.
     """
     from ...methods import METHODS, NothingToUnlearnError
+    from .benchmark import TinyMemBenchmark
 
     out = Path(out)
     t0 = time.perf_counter()
     exp = make_experiment("cpu-mini", "increment", "noise", overrides)  # validate before clearing
-    names = list(DEMO_GRID) if methods is None else list(methods)
+    space = TinyMemBenchmark.space("demo")
+    names = list(space) if methods is None else list(methods)
     for name in names:
         METHODS.get(name)  # unknown names fail before any work
     prepare_output_dir(out, overwrite)
     run = train_experiment(exp, out / "model", progress=progress, device=device)
     summary: dict[str, Any] = {
+        "benchmark": TinyMemBenchmark.name,
         "experiment": exp.to_dict(),
         "model_dir": str(run.out),
         "train_seconds": run.seconds,
     }
-    grid = {name: DEMO_GRID.get(name, [[]]) for name in names}
     try:
-        baseline, runs = run_methods(run.model, run.data, grid, progress=progress)
+        baseline, runs = run_methods(run.model, run.data, space, names, progress=progress)
     except NothingToUnlearnError as err:
         log.warning("%s", err)
         final = run.final
@@ -462,7 +410,6 @@ def run_demo(
 
 __all__ = [
     "PRESETS",
-    "DEMO_GRID",
     "ExperimentConfig",
     "TrainedRun",
     "build_data",

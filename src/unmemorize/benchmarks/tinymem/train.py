@@ -27,7 +27,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ...io import atomic_dir, atomic_write_json, read_json
-from ...metrics import evaluate_utility, measure_memorization
+from ...metrics import MemorizationReport, evaluate_utility, measure_memorization
 from ...metrics.losses import sequence_losses
 from ...training import TrainingDivergedError
 from .data import TinyMemData
@@ -79,19 +79,58 @@ class TrainConfig:
             build_regularizer(self.regularizer, **self.regularizer_options)  # name and options
 
 
-def evaluate(model: PreTrainedModel, data: TinyMemData, batch_size: int = 512) -> dict:
-    """Memorization of the candidates and utility on the test sets, as one flat dict."""
+def evaluate(
+    model: PreTrainedModel,
+    data: TinyMemData,
+    batch_size: int = 512,
+    *,
+    forget_index: torch.Tensor | None = None,
+    report: MemorizationReport | None = None,
+    utility_batch_size: int | None = None,
+) -> dict:
+    """TinyMem's evaluation of a model: memorization of the candidates, utility on the test sets.
+
+    The one TinyMem evaluation, for training checkpoints, ``unlearn`` and every edited model of the
+    demo and sweeps (:meth:`~unmemorize.benchmarks.tinymem.benchmark.TinyMemBenchmark.evaluate`).
+    With ``forget_index`` the memorization part judges an edit: instead of the per-group breakdown
+    it counts how many of the rows the unedited model memorized still are.
+
+    Args:
+        batch_size: sequences per forward pass.
+        forget_index: indices into ``data.memorization`` of the rows the unedited model memorized.
+        report: the model's memorization report when already measured (else it is measured).
+        utility_batch_size: sequences per forward pass of the utility part (default
+            ``batch_size``; edits are measured with 256, as they always were, so their numbers
+            stay bit-identical).
+
+    Returns:
+        ``{"memorized_fraction", "n_memorized", "n_candidates", "memorized_per_group" |
+        ("n_still_memorized", "still_memorized_fraction"), "accuracy[/<set>]",
+        "perplexity[/<set>]"}``.
+    """
     was_training = model.training
     model.eval()
     try:
-        report = measure_memorization(model, data.memorization, batch_size=batch_size)
-        out = {
+        if report is None:
+            report = measure_memorization(model, data.memorization, batch_size=batch_size)
+        out: dict = {
             "memorized_fraction": report.memorized_fraction,
             "n_memorized": report.n_memorized,
             "n_candidates": report.n_candidates,
-            "memorized_per_group": report.per_group(),
         }
-        out.update(evaluate_utility(model, data.test_sets, data.pad_id, batch_size=batch_size))
+        if forget_index is None:
+            out["memorized_per_group"] = report.per_group()
+        else:
+            still = int(report.memorized[forget_index].sum())
+            out["n_still_memorized"] = still
+            out["still_memorized_fraction"] = (
+                still / len(forget_index) if len(forget_index) else 0.0
+            )
+        out.update(
+            evaluate_utility(
+                model, data.test_sets, data.pad_id, batch_size=utility_batch_size or batch_size
+            )
+        )
     finally:
         model.train(was_training)
     return out

@@ -1,0 +1,160 @@
+"""TinyMem behind the benchmark seam: prepare a run's model, evaluate edits, score, spaces, report.
+
+Sakarvadia et al. 2024, "Mitigating Memorization in Language Models" (arXiv 2410.02159): tiny GPT
+models trained on arithmetic sequences (or text) memorize the noised or backdoored ones verbatim;
+a method should remove that memorization and keep the model's accuracy (perplexity on text). Each
+method's best run is chosen by the paper's score (:func:`unmemorize.metrics.ranking.selection_score`,
+lower is better, -1 perfect).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import BENCHMARKS, Benchmark, Metric, Prepared
+from .spaces import SPACES
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+    from ...render.model import Section
+    from .data import TinyMemData
+
+
+@dataclass
+class TinyMemState:
+    """What judging an edit of a TinyMem model needs beyond the model.
+
+    Attributes:
+        data: the run's data (memorization candidates, test sets).
+        forget_index: indices into ``data.memorization`` of the rows the unedited model memorized.
+    """
+
+    data: TinyMemData
+    forget_index: torch.Tensor
+
+
+@BENCHMARKS.register
+class TinyMemBenchmark(Benchmark):
+    """TinyMem: remove memorized noise/backdoor sequences from a tiny model, keep its accuracy."""
+
+    name = "tinymem"
+    paper = "Sakarvadia et al. 2024, Mitigating Memorization in Language Models (arXiv 2410.02159)"
+    summary = (
+        "tiny GPT models memorize noised arithmetic (or text) sequences; remove the memorization, "
+        "keep test accuracy (perplexity on text)"
+    )
+    metrics = (
+        Metric("memorized_fraction", "memorized", False, "pct",
+               "share of the memorization candidates reproduced verbatim"),
+        Metric("n_memorized", "memorized (#)", False, "int",
+               "memorization candidates reproduced verbatim"),
+        Metric("n_candidates", "candidates (#)", None, "int",
+               "memorization candidates (noised rows whose noise is in the scored window)"),
+        Metric("n_still_memorized", "still memorized (#)", False, "int",
+               "rows memorized before unlearning that still are"),
+        Metric("still_memorized_fraction", "still memorized", False, "pct",
+               "share of the rows memorized before unlearning that still are"),
+        Metric("accuracy", "accuracy", True, "pct",
+               "next-token accuracy on the clean test sets (accuracy/<set>: one set)"),
+        Metric("perplexity", "perplexity", False, "num",
+               "perplexity on the clean test sets (perplexity/<set>: one set)"),
+        Metric("seconds", "seconds", None, "secs", "wall time of the method"),
+        Metric("changed_fraction", "changed", None, "pct",
+               "share of the method's unit (weights or neurons) it changed"),
+    )  # fmt: skip
+    selection = "score"
+    spaces = SPACES
+    default_space = "demo"
+
+    # -- preparing ----------------------------------------------------------------------------
+
+    def prepare(self, model: PreTrainedModel, data: TinyMemData) -> Prepared:
+        """The unlearning sets and baseline of ``model`` on its run's ``data``.
+
+        Raises:
+            NothingToUnlearnError: when the model memorizes none of the candidates.
+        """
+        from .experiment import evaluate_edit
+        from .unlearn_data import tinymem_unlearn_data
+
+        unlearn_data, report = tinymem_unlearn_data(model, data)
+        forget_index = report.memorized_indices()
+        baseline = evaluate_edit(model, data, forget_index, report)
+        return Prepared(model, unlearn_data, baseline, TinyMemState(data, forget_index))
+
+    def load(self, model_dir: str, *, device: str = "cpu") -> Prepared:
+        """A TinyMem run directory (``unmemorize train`` / ``demo``) ready for unlearning."""
+        from .experiment import load_run
+
+        model, _tokenizer, data = load_run(model_dir)
+        if data is None:
+            raise ValueError(f"{model_dir} has no TinyMem data/ directory")
+        model.to(device)
+        return self.prepare(model, data)
+
+    def check_base(self, base: Mapping[str, Any]) -> None:
+        from .experiment import make_experiment
+
+        model = base.get("model")
+        if model is None:
+            make_experiment(base["preset"], base["task"], base["variant"], list(base["overrides"]))
+        elif not (Path(model) / "data" / "data.safetensors").is_file():
+            raise ValueError(
+                f"--model {model}: not a TinyMem run directory (it needs the data/ written by "
+                "`unmemorize train` or `unmemorize demo`); train one or leave --model out"
+            )
+
+    def prepare_base(self, base: Mapping[str, Any], out: Path, *, progress: bool = True) -> Path:
+        """Train the preset's model into ``out`` (a TinyMem run directory), or resume it there."""
+        import logging
+
+        from .experiment import is_finished_run, make_experiment, train_experiment
+
+        if not is_finished_run(out):
+            exp = make_experiment(
+                base["preset"], base["task"], base["variant"], list(base["overrides"])
+            )
+            logging.getLogger(__name__).info("training the base model into %s", out)
+            train_experiment(exp, out, progress=progress)
+        return out
+
+    # -- judging ------------------------------------------------------------------------------
+
+    def evaluate(self, model: PreTrainedModel, prepared: Prepared) -> dict[str, Any]:
+        """Memorization and utility of an edit, and how many originally memorized rows remain."""
+        from .experiment import evaluate_edit
+
+        state: TinyMemState = prepared.state
+        return evaluate_edit(model, state.data, state.forget_index)
+
+    def score(self, baseline: Mapping[str, Any], metrics: Mapping[str, Any]) -> float | None:
+        """The paper's selection score (relative change in memorization and utility)."""
+        from ...metrics.ranking import selection_score
+
+        return selection_score(baseline, metrics)
+
+    @classmethod
+    def tradeoff(cls, experiment: Mapping[str, Any] | None = None) -> tuple[str, str]:
+        """Memorized share against accuracy (math tasks) or perplexity (text)."""
+        text = bool(experiment) and experiment.get("task") == "text"
+        return "memorized_fraction", "perplexity" if text else "accuracy"
+
+    # -- presenting ---------------------------------------------------------------------------
+
+    def report_section(
+        self, index: int, title: str, record: Mapping[str, Any], *, path: Path | None = None
+    ) -> Section:
+        """A demo or sweep summary (with the base model's training curves when ``path`` has them)."""
+        from .report import tinymem_section, training_history
+
+        kind = "sweep" if record.get("kind") == "sweep" else "demo"
+        history = training_history(path, record) if path is not None else None
+        return tinymem_section(index, title, kind, record, history)
+
+
+__all__ = ["TinyMemBenchmark", "TinyMemState"]
