@@ -8,7 +8,9 @@ The library behind ``unmemorize unlearn``; the apply -> evaluate step is the one
   run's own test sets measure utility;
 * any local causal LM with ``forget`` (and usually ``retain``) sequence files: the forget set is
   the file's sequences that the model memorizes now; utility is measured on ``eval`` rows
-  (default: the retain rows, recorded as such).
+  (default: a held-out share of the retain file, ``eval_share``, never trained on: measuring on
+  the retain rows themselves would favour the methods that train on them; recorded in
+  ``run.json`` as ``data.utility_rows``).
 
 The output directory is a loadable model directory plus ``run.json`` (method, config, before and
 after metrics, score, seconds, environment); for TinyMem runs the ``data/`` folder is copied too,
@@ -54,6 +56,9 @@ from .runtime import check_window
 
 logger = logging.getLogger(__name__)
 
+#: Share of a ``--retain`` file held out to measure utility when no ``--eval`` file is given.
+EVAL_SHARE = 0.1
+
 Evaluator = Callable[[PreTrainedModel], dict]
 
 
@@ -82,8 +87,12 @@ def prepare(
     check_model: Callable[[PreTrainedModel], object] | None = None,
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
+    eval_share: float = EVAL_SHARE,
 ) -> UnlearnSetup:
     """Load ``model_dir`` and build the forget/retain sets and the evaluator.
+
+    Without ``eval_file``, ``eval_share`` of the ``retain`` file's rows (drawn with a fixed seed)
+    are held out of the retain set and measure utility instead.
 
     ``check_model`` is called on the loaded model before any measurement (e.g. to reject an
     architecture the method cannot edit before minutes of work).
@@ -138,7 +147,14 @@ def prepare(
         if retain is not None
         else torch.empty(0, p + k, dtype=torch.long)
     )
-    eval_ids = read_sequences(eval_file, tokenizer, vocab, p, k) if eval_file else retain_ids
+    if eval_file:
+        eval_ids = read_sequences(eval_file, tokenizer, vocab, p, k)
+        utility_rows = str(eval_file)
+    elif len(retain_ids):
+        retain_ids, eval_ids = hold_out(retain_ids, eval_share)
+        utility_rows = f"held-out {eval_share:.0%} of --retain ({len(eval_ids)} rows)"
+    else:
+        eval_ids, utility_rows = retain_ids, "nothing"
     pad_id = None  # rows read from files are cut to P + K tokens: no padding
 
     def memorized_rows(m: PreTrainedModel) -> torch.Tensor:
@@ -173,11 +189,42 @@ def prepare(
     source = {
         "forget": str(forget),
         "retain": None if retain is None else str(retain),
-        "utility_on": str(eval_file or retain or "nothing"),
+        "utility_rows": utility_rows,
         "prefix_len": p,
         "suffix_len": k,
     }
     return UnlearnSetup(model, tokenizer, data, evaluate, baseline, source)
+
+
+def hold_out(rows: torch.Tensor, share: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split ``rows`` [R, T] into ``(kept, held_out)``: ``share`` of them (at least one) held out.
+
+    Drawn with a fixed ``seed``; both parts keep the file order. A kept row identical to a held-out
+    row (a duplicate line) is dropped too, so utility is never measured on a trained row.
+
+    Raises:
+        ValueError: fewer than two rows, or ``share`` outside (0, 1).
+    """
+    if not 0 < share < 1:
+        raise ValueError(f"eval_share must lie strictly between 0 and 1, got {share}")
+    if len(rows) < 2:
+        raise ValueError(
+            f"--retain holds {len(rows)} row(s): too few to hold out rows that measure utility; "
+            "pass --eval FILE (held-out sequences) or a longer --retain file"
+        )
+    n_out = min(len(rows) - 1, max(1, round(share * len(rows))))
+    perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
+    held = torch.zeros(len(rows), dtype=torch.bool)
+    held[perm[:n_out]] = True
+    held_rows = {row.numpy().tobytes() for row in rows[held]}
+    keep = torch.tensor(
+        [
+            not h and row.numpy().tobytes() not in held_rows
+            for h, row in zip(held, rows, strict=True)
+        ],
+        dtype=torch.bool,
+    )
+    return rows[keep], rows[held]
 
 
 def _read(path, model, tokenizer, data: UnlearnData) -> torch.Tensor:
@@ -300,4 +347,4 @@ def describe_methods() -> list[dict]:
     return [METHODS.get(name).describe() for name in METHODS.names()]
 
 
-__all__ = ["UnlearnSetup", "describe_methods", "prepare", "unlearn"]
+__all__ = ["EVAL_SHARE", "UnlearnSetup", "describe_methods", "hold_out", "prepare", "unlearn"]

@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     un.add_argument(
         "--eval",
         dest="eval_file",
-        help="jsonl of held-out sequences for accuracy/perplexity (default: the retain set)",
+        help="jsonl of held-out sequences for accuracy/perplexity (default: a held-out 10%% of "
+        "--retain, never trained on)",
     )
     add_window_args(un, "32; for --forget files")
     un.add_argument("--batch-size", type=int, default=512, help="sequences per metric pass")

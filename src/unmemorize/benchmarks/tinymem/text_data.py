@@ -381,6 +381,7 @@ def make_text_data(
         train_copies = torch.cat([copies, torch.ones(len(clean_rows), dtype=torch.long)])
         test_ids = chunks[test]
         info_extra = {"n_noised": len(noise_rows)}
+        poison_clean = None
     else:
         fill = cfg.backdoor_fill_id
         if fill >= vocab or fill in special_ids:
@@ -445,6 +446,7 @@ def make_text_data(
             ]
         )
         test_ids = shuffled[clean_test]
+        poison_clean = torch.from_numpy(np.ascontiguousarray(shuffled[p_train]))
         info_extra = {
             "trigger_id": trigger,
             "trigger_token": tokenizer.convert_ids_to_tokens(trigger),
@@ -469,5 +471,6 @@ def make_text_data(
         memorization=memorization,
         pad_id=None,
         info=info,
+        poison_clean_ids=poison_clean,
     )
     return data, tokenizer
