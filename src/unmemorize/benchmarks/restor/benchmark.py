@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import BENCHMARKS, Benchmark, Metric, Prepared
 from .knowledge import recovery
+from .settings import SETTINGS
 from .spaces import DEFAULT_SPACE, SPACES
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class RestorBenchmark(Benchmark):
     #: ... and, among equal ones, the best untargeted accuracy (the first run wins a full tie).
     tie_break: ClassVar[str] = "untargeted_accuracy"
     spaces = SPACES
+    settings = SETTINGS
     default_space = DEFAULT_SPACE
 
     # -- preparing ----------------------------------------------------------------------------
