@@ -88,11 +88,13 @@ def prepare(
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     eval_share: float = EVAL_SHARE,
+    settings: str | None = None,
 ) -> UnlearnSetup:
     """Load ``model_dir`` and build the forget/retain sets and the evaluator.
 
     Without ``eval_file``, ``eval_share`` of the ``retain`` file's rows (drawn with a fixed seed)
-    are held out of the retain set and measure utility instead.
+    are held out of the retain set and measure utility instead. ``settings`` (TinyMem's
+    ``default`` / ``paper``) pick a TinyMem run's retain set, fine-tuning twins and accuracy form.
 
     ``check_model`` is called on the loaded model before any measurement (e.g. to reject an
     architecture the method cannot edit before minutes of work).
@@ -101,6 +103,7 @@ def prepare(
         NothingToUnlearnError: the model memorizes none of the forget candidates.
         ValueError / FileNotFoundError / ModelDirError: bad inputs, with how to fix them.
     """
+    from .benchmarks.tinymem.benchmark import TinyMemBenchmark
     from .benchmarks.tinymem.experiment import load_run
     from .benchmarks.tinymem.train import evaluate as evaluate_tinymem
 
@@ -118,20 +121,28 @@ def prepare(
             raise ValueError(
                 "--prefix-len/--suffix-len apply to --forget; a run uses its own window"
             )
-        baseline = evaluate_tinymem(model, run_data, batch_size=batch_size)
+        switches = TinyMemBenchmark.get_settings(settings).switches
+        legacy = bool(switches.get("legacy_accuracy", False))
+        baseline = evaluate_tinymem(model, run_data, batch_size=batch_size, legacy_accuracy=legacy)
         if baseline["n_memorized"] == 0:
             raise NothingToUnlearnError(
                 f"nothing is memorized: 0 of {baseline['n_candidates']} candidate sequences "
                 f"({baseline['memorized_fraction']:.1%}); nothing to unlearn"
             )
-        data, _ = tinymem_unlearn_data(model, run_data, batch_size=batch_size)
+        data, _ = tinymem_unlearn_data(
+            model,
+            run_data,
+            batch_size=batch_size,
+            retain=switches.get("retain", "clean"),
+            noise_twins=switches.get("noise_twins", "memorized"),
+        )
         if retain is not None:
             data = dataclasses.replace(data, retain_ids=_read(retain, model, tokenizer, data))
         return UnlearnSetup(
             model,
             tokenizer,
             data,
-            lambda m: evaluate_tinymem(m, run_data, batch_size=batch_size),
+            lambda m: evaluate_tinymem(m, run_data, batch_size=batch_size, legacy_accuracy=legacy),
             baseline,
             {"forget": "memorized candidates of the run", "retain": str(retain or "clean rows")},
             run_data,
@@ -251,8 +262,13 @@ def unlearn(
     batch_size: int = 512,
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
+    settings: str | None = None,
 ) -> dict:
     """Apply a method to the model in ``model_dir`` and write the edited model to ``out``.
+
+    ``settings`` (TinyMem's ``default`` / ``paper``, :mod:`unmemorize.benchmarks.tinymem.settings`)
+    put the method defaults under ``overrides`` and, for a TinyMem run, pick its retain set and
+    accuracy form; recorded in ``run.json``.
 
     Returns:
         The ``run.json`` record: method, config, data sizes, ``before``/``after`` metrics, the
@@ -265,7 +281,15 @@ def unlearn(
     if out.resolve() == Path(model_dir).resolve():
         raise ValueError("--out must differ from --model: the input model is never modified")
     check_output_dir(out, overwrite)
-    m = method if isinstance(method, Method) else build_method(method, list(overrides))
+    from .benchmarks.tinymem.benchmark import TinyMemBenchmark
+    from .config import format_overrides
+
+    chosen = TinyMemBenchmark.get_settings(settings)
+    if isinstance(method, Method):
+        m = method
+    else:
+        defaults = format_overrides(chosen.methods.get(method, {}))
+        m = build_method(method, [*defaults, *overrides])
     setup = prepare(
         model_dir,
         forget=forget,
@@ -277,6 +301,7 @@ def unlearn(
         check_model=MLPAdapter if m.family in ("neuron", "weight") else None,
         dtype=dtype,
         device=device,
+        settings=chosen.name,
     )
     logger.info(
         "unlearning %d forget rows (retain %d) with %s",
@@ -295,6 +320,7 @@ def unlearn(
         raise MethodDivergedError(row["error"])
     record = {
         "kind": "unlearn",
+        "settings": chosen.name,
         "method": m.name,
         "family": m.family,
         "config": dataclasses.asdict(m.config),

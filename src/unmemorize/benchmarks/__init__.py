@@ -124,8 +124,12 @@ class Benchmark:
 
     # -- preparing ----------------------------------------------------------------------------
 
-    def load(self, model_dir: str, *, device: str = "cpu") -> Prepared:
-        """Prepare the model in ``model_dir`` (written by this benchmark) for unlearning."""
+    def load(self, model_dir: str, *, device: str = "cpu", settings: str | None = None) -> Prepared:
+        """Prepare the model in ``model_dir`` (written by this benchmark) for unlearning.
+
+        ``settings`` names one of :attr:`settings` (None: ``default``); a benchmark whose
+        settings have no preparation switches ignores it.
+        """
         raise NotImplementedError(f"benchmark {self.name!r} cannot load a model directory")
 
     def check_base(self, base: Mapping[str, Any]) -> None:

@@ -12,6 +12,7 @@ from ..runtime import (
     resolve_dtype,
     resolve_window,
 )
+from .common import add_settings_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--retain, never trained on)",
     )
     add_window_args(un, "32; for --forget files")
+    add_settings_arg(un)
     un.add_argument("--batch-size", type=int, default=512, help="sequences per metric pass")
     add_runtime_args(un)
     un.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
@@ -76,6 +78,7 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         dtype=resolve_dtype(args.dtype),
         device=resolve_device(args.device),
+        settings=args.settings,
     )
     from ..distributed import is_main_process
 

@@ -67,8 +67,10 @@ class RestorBenchmark(Benchmark):
 
     # -- preparing ----------------------------------------------------------------------------
 
-    def load(self, model_dir: str, *, device: str = "cpu") -> Prepared:
+    def load(self, model_dir: str, *, device: str = "cpu", settings: str | None = None) -> Prepared:
         """The corrupted model of a RESTOR output directory, ready to unlearn again.
+
+        ``settings`` change only method defaults and the corruption (already done): unused here.
 
         ``model_dir`` is the ``OUT`` of ``unmemorize restor``: the model is ``OUT/corrupted``,
         the facts and documents come from ``OUT/data`` and the clean and corrupted reference
