@@ -105,8 +105,7 @@ def test_paper_settings_reach_every_point_and_default_changes_nothing() -> None:
     assert grid_jobs(demo, None, default) == grid_jobs(demo)
     jobs = grid_jobs(bench.space(paper.space_name("demo")), ["balanced_subnet"], paper)
     assert jobs and all(
-        o["lr"] == 0.1 and o["lr_schedule"] == "constant" and o["batch_size"] == 64
-        for _, o in jobs
+        o["lr"] == 0.1 and o["lr_schedule"] == "constant" and o["batch_size"] == 64 for _, o in jobs
     )
     full = bench.space(paper.space_name("cpu-mini"))
     assert max(full["balanced_subnet"]["ratio"]) == 0.9
