@@ -333,8 +333,10 @@ def test_cuda_without_cuda_is_one_line_and_writes_nothing(world, command, tmp_pa
         "mine": ["--model", model, "--corpus", world.file("corpus.jsonl"), "--out", out],
         "unlearn": ["--model", model, "--forget", world.file("forget.jsonl"), "--method", "ga",
                     "--out", out],
+        # --retain: every person of this world's facts is evaluated, so no default retain set
         "restor": ["--model", model, "--facts", world.file("facts.json"), "--docs",
-                   world.file("docs.json"), "--out", out],
+                   world.file("docs.json"), "--retain", world.file("retain_docs.json"),
+                   "--out", out],
         "train": ["--out", out],
         "demo": ["--out", out],
     }[command]  # fmt: skip

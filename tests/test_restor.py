@@ -16,6 +16,7 @@ from unmemorize.benchmarks.restor.pipeline import (
     file_task,
     make_restor_config,
     run_restor_on_model,
+    synthetic_task,
 )
 from unmemorize.benchmarks.restor.world import (
     RELATIONS,
@@ -86,6 +87,58 @@ def test_corruption_documents_state_the_wrong_objects_and_align_across_levels():
         assert doc2.count(".") == SMALL.facts_per_doc * 3
     with pytest.raises(ValueError, match="level"):
         world.corruption_documents(-1)
+
+
+def _named(text: str, people) -> set[str]:
+    """The people of ``people`` that ``text`` names (full names are unique words)."""
+    return {p for p in people if p in text}
+
+
+@pytest.mark.parametrize("world_cfg", [SMALL, make_restor_config("micro").world])
+def test_unrelated_context_never_states_facts_of_evaluated_people(world_cfg):
+    # RESTOR's level-k documents mix in true "unrelated" statements; drawn from evaluated people
+    # they would make unlearning the documents hit the collateral (untargeted) metric directly
+    world = make_fact_world(world_cfg)
+    evaluated, people = set(world.evaluated), world.facts.entities()
+    for level in (1, 3):
+        context_people: set[str] = set()
+        docs = world.corruption_documents(level)
+        for (target, _), doc in zip(world.doc_relations, docs, strict=True):
+            others = _named(doc, people) - {target}
+            assert not others & evaluated, (level, doc)
+            context_people |= others
+        assert context_people <= set(world.unevaluated)  # and the check is not vacuous:
+        assert len(context_people) > 1
+
+
+def test_synthetic_retain_set_holds_no_evaluated_fact():
+    world = make_fact_world(SMALL)
+    evaluated = set(world.evaluated)
+    retain = world.retain_documents(200)
+    assert not any(_named(doc, evaluated) for doc in retain)
+    assert any("?" in doc for doc in retain) and any("?" not in doc for doc in retain)
+    task = synthetic_task(world, make_restor_config("micro"))
+    assert not any(_named(doc, evaluated) for doc in task.retain_docs)
+
+
+def _retain_questions(task) -> set[str]:
+    """The questions of a file task's retain QA lines (``"{question} {answer}"``)."""
+    return {line[: line.index("?") + 1] for doc in task.retain_docs for line in doc.splitlines()}
+
+
+def test_file_task_retain_set_holds_no_evaluated_fact(tmp_path):
+    world = make_fact_world(SMALL)
+    world.save(tmp_path)  # facts.json (every person) and entities.json (the evaluated ones)
+    docs = tmp_path / "docs.json"
+    docs.write_text(json.dumps([{"text": t} for t in world.corruption_documents(1)]))
+    task = file_task(tmp_path / "facts.json", docs, entities=tmp_path / "entities.json")
+    assert sorted(task.untargeted) == sorted(world.untargeted)
+    evaluated = {f.question for f in task.facts.items(task.targets + task.untargeted)}
+    questions = _retain_questions(task)
+    assert questions and not questions & evaluated
+    # with every person of the facts evaluated, no QA line is free to retain on
+    with pytest.raises(ValueError, match="--retain"):
+        file_task(tmp_path / "facts.json", docs)
 
 
 def test_word_tokenizer_covers_the_world_and_keeps_newlines():
@@ -258,11 +311,13 @@ def test_file_task_on_the_real_files():
     assert len(task.facts.items(task.targets)) == 198
     assert task.wrong == {}
     assert len(task.retain_docs) > 100
+    # the retain set never holds a fact of an evaluated person (targets or untargeted)
+    evaluated = {f.question for f in task.facts.items(task.targets + task.untargeted)}
+    questions = _retain_questions(task)
+    assert len(questions) > 500 and not questions & evaluated
 
 
 def test_simplified_forget_set_is_the_aligned_level_zero_documents():
-    from unmemorize.benchmarks.restor.pipeline import synthetic_task
-
     cfg = make_restor_config("micro", level=2, simplified=True)
     world = make_fact_world(cfg.world)
     task = synthetic_task(world, cfg)

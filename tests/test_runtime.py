@@ -9,11 +9,13 @@ from tests.zoo import make_model
 from unmemorize import runtime
 from unmemorize.metrics import memorized
 from unmemorize.runtime import (
+    WINDOWS,
     check_memory_fits,
     check_window,
     is_out_of_memory,
     resolve_device,
     resolve_dtype,
+    resolve_window,
     run_in_batches,
     safetensors_parameter_count,
 )
@@ -43,6 +45,17 @@ def test_check_window_names_both_lengths_and_the_context():
     check_window(model, 8, 8)
     with pytest.raises(ValueError, match=r"8 \+ 9 = 17 tokens exceeds the model's context of 16"):
         check_window(model, 8, 9)
+
+
+def test_named_windows_resolve_to_prefix_and_suffix_lengths():
+    # TinyMem's Pythia test: a 32-token prefix and an exact match on the next 40 tokens
+    assert resolve_window("tinymem-32-40", None, None) == (32, 40) == WINDOWS["tinymem-32-40"]
+    assert resolve_window("pythia-32-32", None, None) == (32, 32)
+    assert resolve_window(None, 8, None) == (8, None)
+    with pytest.raises(ValueError, match="did you mean 'pythia-32-32'"):
+        resolve_window("pythia-32", None, None)
+    with pytest.raises(ValueError, match="--window sets both"):
+        resolve_window("pythia-32-32", 16, None)
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "gpt_neox", "llama"])

@@ -41,6 +41,27 @@ def test_perplexity_form_and_no_change_penalty() -> None:
     assert forced == pytest.approx(-0.8)
 
 
+def test_auto_scores_a_text_run_by_perplexity() -> None:
+    # a TinyMem language run's metrics (evaluate_utility on its one "text" test set) carry
+    # accuracy/text; the paper scores language models by perplexity, so a run that removes all
+    # memorization while perplexity rises tenfold at unchanged accuracy must not score -1
+    base = {
+        "memorized_fraction": 0.5,
+        "accuracy/text": 0.4,
+        "perplexity/text": 10.0,
+        "accuracy": 0.4,
+        "perplexity": 10.0,
+    }
+    edited = {**base, "memorized_fraction": 0.0, "perplexity/text": 100.0, "perplexity": 100.0}
+    assert selection_score(base, edited) == pytest.approx(-1 + 9)
+    assert selection_score(base, edited, utility="accuracy") == pytest.approx(-1.0)
+    # math runs (one accuracy per task) keep the accuracy form
+    math_base = {**base, "accuracy/+-2": 0.8, "accuracy/*-2": 0.5}
+    del math_base["accuracy/text"]
+    math_edited = {**math_base, "memorized_fraction": 0.0, "accuracy/+-2": 0.4}
+    assert selection_score(math_base, math_edited) == pytest.approx(-1 + 0.25)
+
+
 def test_nothing_memorized_gives_nan_and_bad_input_raises() -> None:
     assert math.isnan(
         selection_score(

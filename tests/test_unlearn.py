@@ -111,7 +111,9 @@ def test_unlearn_with_sequence_files(tiny_run, tmp_path, capsys) -> None:
     )
     assert code == 0, capsys.readouterr()
     record = json.loads((out / "run.json").read_text())
-    assert record["data"]["n_retain"] == 200
+    # 10% of the retain file is held out to measure utility, never trained on (issue 14 item 5)
+    assert record["data"]["n_retain"] == 180
+    assert record["data"]["utility_rows"] == "held-out 10% of --retain (20 rows)"
     assert 0 < record["data"]["n_forget"] <= len(mem)
     assert record["after"]["n_memorized"] < record["before"]["n_memorized"]
     assert "perplexity" in record["after"] and record["score"] is not None

@@ -111,7 +111,7 @@ def measure(
         mem = data.memorization
         if prefix_len is not None or suffix_len is not None:
             raise UserError(
-                "--prefix-len/--suffix-len apply to --sequences; a run uses its own window"
+                "--prefix-len/--suffix-len/--window apply to --sequences; a run uses its own window"
             )
         k = mem.suffix_len
         chunks = [(mem.prompt_ids, mem.target_ids, mem.prefix_len)]

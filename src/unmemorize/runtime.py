@@ -5,6 +5,7 @@ One place for the questions every command asks before it touches a production-si
 - :func:`resolve_device` / :func:`resolve_dtype` turn ``--device`` / ``--dtype`` into torch
   objects, refusing CUDA where there is none;
 - :func:`context_length` and :func:`check_window` keep a prefix + suffix inside the context;
+  :data:`WINDOWS` names the published windows and :func:`resolve_window` reads ``--window``;
 - :func:`safetensors_parameter_count` reads a model directory's size from the safetensors headers
   (no weights are loaded), and :func:`check_memory_fits` says, before loading, how much memory the
   model needs in the asked dtype and what to try when the device has less;
@@ -122,6 +123,55 @@ def context_length(model) -> int | None:
     """The model's maximum positions (``max_position_embeddings`` / ``n_positions``), if known."""
     cfg = model.config
     return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+
+
+#: Named memorization windows ``(prefix P, suffix K)`` for ``--window``: greedy decoding from the
+#: first P tokens must reproduce the next K exactly.
+WINDOWS: dict[str, tuple[int, int]] = {
+    # Biderman et al. 2023, "Emergent and Predictable Memorization in LLMs" (arXiv 2304.11158):
+    # 32-extractable with a 32-token context, on Pythia; the default of sequence files
+    "pythia-32-32": (32, 32),
+    # TinyMem (Sakarvadia et al. 2024, arXiv 2410.02159), its Pythia experiment
+    # (`prod_grade.py: check_percent_memorized`): a 32-token prefix of each 80-token sequence and
+    # an exact match on tokens 32..71
+    "tinymem-32-40": (32, 40),
+}
+
+
+def resolve_window(
+    window: str | None, prefix_len: int | None, suffix_len: int | None
+) -> tuple[int | None, int | None]:
+    """``--window NAME`` or ``--prefix-len``/``--suffix-len`` as ``(P, K)`` (None: not given).
+
+    Raises:
+        ValueError: an unknown window name, or a name given together with an explicit length.
+    """
+    if window is None:
+        return prefix_len, suffix_len
+    if prefix_len is not None or suffix_len is not None:
+        raise ValueError(
+            f"--window sets both lengths ({window}); drop --prefix-len/--suffix-len, or --window"
+        )
+    if window not in WINDOWS:
+        from .registry import suggest
+
+        raise suggest(window, list(WINDOWS), "window")
+    return WINDOWS[window]
+
+
+def add_window_args(parser: argparse.ArgumentParser, default: str) -> None:
+    """Add ``--prefix-len``, ``--suffix-len`` and ``--window`` (defaults read as None).
+
+    Args:
+        parser: the sub-command's parser.
+        default: what the help says applies when none is given.
+    """
+    parser.add_argument("--prefix-len", type=int, help=f"P: prompt tokens (default: {default})")
+    parser.add_argument(
+        "--suffix-len", type=int, help=f"K: tokens that must match (default: {default})"
+    )
+    names = ", ".join(f"{n} (P={p}, K={k})" for n, (p, k) in WINDOWS.items())
+    parser.add_argument("--window", help=f"a named window instead of P and K: {names}")
 
 
 def check_window(model, prefix_len: int, suffix_len: int) -> None:
@@ -329,8 +379,10 @@ def adamw(params: Iterable[torch.nn.Parameter], **kwargs) -> torch.optim.AdamW:
 __all__ = [
     "DEVICE_MAPS",
     "DTYPES",
+    "WINDOWS",
     "adamw",
     "add_runtime_args",
+    "add_window_args",
     "available_memory",
     "check_memory_fits",
     "check_window",
@@ -338,6 +390,7 @@ __all__ = [
     "is_out_of_memory",
     "resolve_device",
     "resolve_dtype",
+    "resolve_window",
     "run_in_batches",
     "safetensors_parameter_count",
 ]

@@ -8,7 +8,9 @@ The library behind ``unmemorize unlearn``; the apply -> evaluate step is the one
   run's own test sets measure utility;
 * any local causal LM with ``forget`` (and usually ``retain``) sequence files: the forget set is
   the file's sequences that the model memorizes now; utility is measured on ``eval`` rows
-  (default: the retain rows, recorded as such).
+  (default: a held-out share of the retain file, ``eval_share``, never trained on: measuring on
+  the retain rows themselves would favour the methods that train on them; recorded in
+  ``run.json`` as ``data.utility_rows``).
 
 The output directory is a loadable model directory plus ``run.json`` (method, config, before and
 after metrics, score, seconds, environment); for TinyMem runs the ``data/`` folder is copied too,
@@ -54,6 +56,9 @@ from .runtime import check_window
 
 logger = logging.getLogger(__name__)
 
+#: Share of a ``--retain`` file held out to measure utility when no ``--eval`` file is given.
+EVAL_SHARE = 0.1
+
 Evaluator = Callable[[PreTrainedModel], dict]
 
 
@@ -82,8 +87,14 @@ def prepare(
     check_model: Callable[[PreTrainedModel], object] | None = None,
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
+    eval_share: float = EVAL_SHARE,
+    settings: str | None = None,
 ) -> UnlearnSetup:
     """Load ``model_dir`` and build the forget/retain sets and the evaluator.
+
+    Without ``eval_file``, ``eval_share`` of the ``retain`` file's rows (drawn with a fixed seed)
+    are held out of the retain set and measure utility instead. ``settings`` (TinyMem's
+    ``default`` / ``paper``) pick a TinyMem run's retain set, fine-tuning twins and accuracy form.
 
     ``check_model`` is called on the loaded model before any measurement (e.g. to reject an
     architecture the method cannot edit before minutes of work).
@@ -92,6 +103,7 @@ def prepare(
         NothingToUnlearnError: the model memorizes none of the forget candidates.
         ValueError / FileNotFoundError / ModelDirError: bad inputs, with how to fix them.
     """
+    from .benchmarks.tinymem.benchmark import TinyMemBenchmark
     from .benchmarks.tinymem.experiment import load_run
     from .benchmarks.tinymem.train import evaluate as evaluate_tinymem
 
@@ -109,20 +121,28 @@ def prepare(
             raise ValueError(
                 "--prefix-len/--suffix-len apply to --forget; a run uses its own window"
             )
-        baseline = evaluate_tinymem(model, run_data, batch_size=batch_size)
+        switches = TinyMemBenchmark.get_settings(settings).switches
+        legacy = bool(switches.get("legacy_accuracy", False))
+        baseline = evaluate_tinymem(model, run_data, batch_size=batch_size, legacy_accuracy=legacy)
         if baseline["n_memorized"] == 0:
             raise NothingToUnlearnError(
                 f"nothing is memorized: 0 of {baseline['n_candidates']} candidate sequences "
                 f"({baseline['memorized_fraction']:.1%}); nothing to unlearn"
             )
-        data, _ = tinymem_unlearn_data(model, run_data, batch_size=batch_size)
+        data, _ = tinymem_unlearn_data(
+            model,
+            run_data,
+            batch_size=batch_size,
+            retain=switches.get("retain", "clean"),
+            noise_twins=switches.get("noise_twins", "memorized"),
+        )
         if retain is not None:
             data = dataclasses.replace(data, retain_ids=_read(retain, model, tokenizer, data))
         return UnlearnSetup(
             model,
             tokenizer,
             data,
-            lambda m: evaluate_tinymem(m, run_data, batch_size=batch_size),
+            lambda m: evaluate_tinymem(m, run_data, batch_size=batch_size, legacy_accuracy=legacy),
             baseline,
             {"forget": "memorized candidates of the run", "retain": str(retain or "clean rows")},
             run_data,
@@ -138,7 +158,14 @@ def prepare(
         if retain is not None
         else torch.empty(0, p + k, dtype=torch.long)
     )
-    eval_ids = read_sequences(eval_file, tokenizer, vocab, p, k) if eval_file else retain_ids
+    if eval_file:
+        eval_ids = read_sequences(eval_file, tokenizer, vocab, p, k)
+        utility_rows = str(eval_file)
+    elif len(retain_ids):
+        retain_ids, eval_ids = hold_out(retain_ids, eval_share)
+        utility_rows = f"held-out {eval_share:.0%} of --retain ({len(eval_ids)} rows)"
+    else:
+        eval_ids, utility_rows = retain_ids, "nothing"
     pad_id = None  # rows read from files are cut to P + K tokens: no padding
 
     def memorized_rows(m: PreTrainedModel) -> torch.Tensor:
@@ -173,11 +200,42 @@ def prepare(
     source = {
         "forget": str(forget),
         "retain": None if retain is None else str(retain),
-        "utility_on": str(eval_file or retain or "nothing"),
+        "utility_rows": utility_rows,
         "prefix_len": p,
         "suffix_len": k,
     }
     return UnlearnSetup(model, tokenizer, data, evaluate, baseline, source)
+
+
+def hold_out(rows: torch.Tensor, share: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split ``rows`` [R, T] into ``(kept, held_out)``: ``share`` of them (at least one) held out.
+
+    Drawn with a fixed ``seed``; both parts keep the file order. A kept row identical to a held-out
+    row (a duplicate line) is dropped too, so utility is never measured on a trained row.
+
+    Raises:
+        ValueError: fewer than two rows, or ``share`` outside (0, 1).
+    """
+    if not 0 < share < 1:
+        raise ValueError(f"eval_share must lie strictly between 0 and 1, got {share}")
+    if len(rows) < 2:
+        raise ValueError(
+            f"--retain holds {len(rows)} row(s): too few to hold out rows that measure utility; "
+            "pass --eval FILE (held-out sequences) or a longer --retain file"
+        )
+    n_out = min(len(rows) - 1, max(1, round(share * len(rows))))
+    perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
+    held = torch.zeros(len(rows), dtype=torch.bool)
+    held[perm[:n_out]] = True
+    held_rows = {row.numpy().tobytes() for row in rows[held]}
+    keep = torch.tensor(
+        [
+            not h and row.numpy().tobytes() not in held_rows
+            for h, row in zip(held, rows, strict=True)
+        ],
+        dtype=torch.bool,
+    )
+    return rows[keep], rows[held]
 
 
 def _read(path, model, tokenizer, data: UnlearnData) -> torch.Tensor:
@@ -204,8 +262,13 @@ def unlearn(
     batch_size: int = 512,
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
+    settings: str | None = None,
 ) -> dict:
     """Apply a method to the model in ``model_dir`` and write the edited model to ``out``.
+
+    ``settings`` (TinyMem's ``default`` / ``paper``, :mod:`unmemorize.benchmarks.tinymem.settings`)
+    put the method defaults under ``overrides`` and, for a TinyMem run, pick its retain set and
+    accuracy form; recorded in ``run.json``.
 
     Returns:
         The ``run.json`` record: method, config, data sizes, ``before``/``after`` metrics, the
@@ -218,7 +281,15 @@ def unlearn(
     if out.resolve() == Path(model_dir).resolve():
         raise ValueError("--out must differ from --model: the input model is never modified")
     check_output_dir(out, overwrite)
-    m = method if isinstance(method, Method) else build_method(method, list(overrides))
+    from .benchmarks.tinymem.benchmark import TinyMemBenchmark
+    from .config import format_overrides
+
+    chosen = TinyMemBenchmark.get_settings(settings)
+    if isinstance(method, Method):
+        m = method
+    else:
+        defaults = format_overrides(chosen.methods.get(method, {}))
+        m = build_method(method, [*defaults, *overrides])
     setup = prepare(
         model_dir,
         forget=forget,
@@ -230,6 +301,7 @@ def unlearn(
         check_model=MLPAdapter if m.family in ("neuron", "weight") else None,
         dtype=dtype,
         device=device,
+        settings=chosen.name,
     )
     logger.info(
         "unlearning %d forget rows (retain %d) with %s",
@@ -248,6 +320,7 @@ def unlearn(
         raise MethodDivergedError(row["error"])
     record = {
         "kind": "unlearn",
+        "settings": chosen.name,
         "method": m.name,
         "family": m.family,
         "config": dataclasses.asdict(m.config),
@@ -300,4 +373,4 @@ def describe_methods() -> list[dict]:
     return [METHODS.get(name).describe() for name in METHODS.names()]
 
 
-__all__ = ["UnlearnSetup", "describe_methods", "prepare", "unlearn"]
+__all__ = ["EVAL_SHARE", "UnlearnSetup", "describe_methods", "hold_out", "prepare", "unlearn"]

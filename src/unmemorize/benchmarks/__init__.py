@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..registry import Registry
+from .settings import DEFAULT as DEFAULT_SETTINGS
+from .settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -106,6 +108,9 @@ class Benchmark:
             :mod:`unmemorize.benchmarks.spaces`; the space named :attr:`default_space` is the
             benchmark's default grid (a method without an entry runs with its defaults).
         default_space: the space runs and sweeps use unless told otherwise.
+        settings: ``{name: Settings}`` (:mod:`unmemorize.benchmarks.settings`): ``default`` and,
+            where the benchmark has one, ``paper`` (the original code's configuration), selected
+            by ``--settings``.
     """
 
     name: ClassVar[str] = ""
@@ -115,11 +120,16 @@ class Benchmark:
     selection: ClassVar[str] = "score"
     spaces: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     default_space: ClassVar[str] = ""
+    settings: ClassVar[Mapping[str, Settings]] = {"default": DEFAULT_SETTINGS}
 
     # -- preparing ----------------------------------------------------------------------------
 
-    def load(self, model_dir: str, *, device: str = "cpu") -> Prepared:
-        """Prepare the model in ``model_dir`` (written by this benchmark) for unlearning."""
+    def load(self, model_dir: str, *, device: str = "cpu", settings: str | None = None) -> Prepared:
+        """Prepare the model in ``model_dir`` (written by this benchmark) for unlearning.
+
+        ``settings`` names one of :attr:`settings` (None: ``default``); a benchmark whose
+        settings have no preparation switches ignores it.
+        """
         raise NotImplementedError(f"benchmark {self.name!r} cannot load a model directory")
 
     def check_base(self, base: Mapping[str, Any]) -> None:
@@ -191,6 +201,11 @@ class Benchmark:
         return cls.spaces[key]
 
     @classmethod
+    def get_settings(cls, name: str | None = None) -> Settings:
+        """The named settings (None: ``default``)."""
+        return get_settings(cls.settings, name, cls.name)
+
+    @classmethod
     def tradeoff(cls, experiment: Mapping[str, Any] | None = None) -> tuple[str, str] | None:
         """``(forget metric, utility metric)``: the axes of the Pareto fronts of sweeps and reports.
 
@@ -210,6 +225,7 @@ class Benchmark:
             "selection": cls.selection,
             "metrics": [m.__dict__ for m in cls.metrics],
             "spaces": sorted(cls.spaces),
+            "settings": sorted(cls.settings),
         }
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from ..methods import Method, UnlearnData, UnlearnResult
+    from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -116,16 +117,25 @@ def run_jobs(
     return rows
 
 
-def grid_jobs(space: Mapping[str, Any], methods: Sequence[str] | None = None) -> list[Job]:
+def grid_jobs(
+    space: Mapping[str, Any],
+    methods: Sequence[str] | None = None,
+    settings: Settings | None = None,
+) -> list[Job]:
     """The jobs of a grid over ``space`` (``{method: spec}``, :mod:`unmemorize.benchmarks.spaces`).
 
     ``methods`` restricts and orders the methods; a method the space does not name runs once,
-    with its defaults.
+    with its defaults. ``settings`` (:mod:`unmemorize.benchmarks.settings`) put their method
+    defaults under every point: the one place a benchmark's ``--settings`` reach the methods.
     """
     from .spaces import grid_points
 
     names = list(space) if methods is None else list(methods)
-    return [(name, point) for name in names for point in grid_points(space.get(name, {}))]
+    jobs: list[Job] = []
+    for name in names:
+        for point in grid_points(space.get(name, {})):
+            jobs.append((name, point if settings is None else settings.method_options(name, point)))
+    return jobs
 
 
 __all__ = ["Evaluator", "Job", "Scorer", "grid_jobs", "overrides_list", "run_jobs", "run_method"]

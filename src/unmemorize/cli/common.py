@@ -54,6 +54,18 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_settings_arg(parser: argparse.ArgumentParser) -> None:
+    """``--settings default|paper`` (:mod:`unmemorize.benchmarks.settings`)."""
+    parser.add_argument(
+        "--settings",
+        choices=("default", "paper"),
+        default="default",
+        help="default: this project's fixed defaults; paper: the original code's hyperparameters, "
+        "grid, retain set and metrics (recorded in the output; README 'Paper settings vs "
+        "defaults')",
+    )
+
+
 def quiet_transformers() -> None:
     """Silence transformers' info logs and progress bars: the CLI prints its own progress."""
     from transformers.utils import logging as hf_logging

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..runtime import DEVICE_MAPS, add_runtime_args
+from ..runtime import DEVICE_MAPS, add_runtime_args, add_window_args, resolve_window
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,10 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help='jsonl: {"input_ids": [...]}, {"text": ...} or '
         '{"prefix_ids": [...], "target_ids": [...]} per line',
     )
-    me.add_argument("--prefix-len", type=int, help="P: prompt tokens (default: the run's, or 32)")
-    me.add_argument(
-        "--suffix-len", type=int, help="K: tokens that must match (default: the run's, or 32)"
-    )
+    add_window_args(me, "the run's, or 32")
     me.add_argument("--json", help="write the report (with per-sequence verdicts) to this file")
     me.add_argument(
         "--batch-size",
@@ -54,11 +51,12 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from ..distributed import is_main_process
     from ..measure import measure
 
+    prefix_len, suffix_len = resolve_window(args.window, args.prefix_len, args.suffix_len)
     measured = measure(
         args.model,
         sequences=args.sequences,
-        prefix_len=args.prefix_len,
-        suffix_len=args.suffix_len,
+        prefix_len=prefix_len,
+        suffix_len=suffix_len,
         batch_size=args.batch_size,
         generate=args.generate,
         report_path=args.json,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..runtime import add_runtime_args
+from ..runtime import WINDOWS, add_runtime_args, add_window_args, resolve_window
 
 DESCRIPTION = """\
 Find the k-extractable sequences of a corpus: windows of P + K tokens whose first P tokens make
@@ -48,12 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="local Hugging Face model directory")
     parser.add_argument("--corpus", required=True, help="token corpus: .jsonl, .npy or .bin")
     parser.add_argument("--out", required=True, help="forget set to write (jsonl)")
-    parser.add_argument(
-        "--prefix-len", type=int, default=32, help="P: prompt tokens (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--suffix-len", type=int, default=32, help="K: tokens to reproduce (default: %(default)s)"
-    )
+    add_window_args(parser, "32")
     parser.add_argument(
         "--stride", type=int, help="tokens between window starts (default: P + K, no overlap)"
     )
@@ -111,6 +106,8 @@ def cmd_mine(args: argparse.Namespace) -> int:
     from ..runtime import resolve_device, resolve_dtype
 
     check_every = _check_every(args.check_every)
+    p, k = resolve_window(args.window, args.prefix_len, args.suffix_len)
+    p, k = 32 if p is None else p, 32 if k is None else k
     device = resolve_device(args.device)
     out, corpus = Path(args.out), Path(args.corpus)
     check_output_file(out)  # a directory, a path under a file, or no write permission
@@ -120,8 +117,8 @@ def cmd_mine(args: argparse.Namespace) -> int:
     result = mine(
         model,
         corpus,
-        args.prefix_len,
-        args.suffix_len,
+        p,
+        k,
         stride=args.stride,
         min_unique_suffix_tokens=args.min_unique,
         dedup_jaccard=None if args.no_dedup else args.dedup_jaccard,
@@ -135,7 +132,6 @@ def cmd_mine(args: argparse.Namespace) -> int:
     )
     result.write_jsonl(out)
     c = result.counts()
-    p, k = args.prefix_len, args.suffix_len
     print(f"mined {corpus} in {c['seconds']:.1f} s: windows of {p} + {k} tokens")
     for label, key in (
         ("scanned", "scanned"),
@@ -147,7 +143,11 @@ def cmd_mine(args: argparse.Namespace) -> int:
         print(f"  {label:<20}{c[key]:>10}")
     if result.n_kept:
         print(f"forget set: {out}  (mean score {float(result.score.mean()):.3f})")
-        window = "" if (p, k) == (32, 32) else f" --prefix-len {p} --suffix-len {k}"
+        named = [name for name, lengths in WINDOWS.items() if lengths == (p, k)]
+        if (p, k) == (32, 32):
+            window = ""
+        else:
+            window = f" --window {named[0]}" if named else f" --prefix-len {p} --suffix-len {k}"
         print(f"next: unmemorize unlearn --model {args.model} --forget {out}{window} --method ...")
     else:
         print(f"forget set: {out} is empty: the model reproduces none of the scanned windows")

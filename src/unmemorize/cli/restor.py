@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runtime import add_runtime_args, resolve_device, resolve_dtype
-from .common import add_run_options
+from .common import add_run_options, add_settings_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_runtime_args(rs, what="--model")
     add_run_options(rs)
+    add_settings_arg(rs)
     rs.set_defaults(handler=cmd_restor)
 
     stats = rs.add_nested_command(
@@ -96,7 +97,11 @@ def cmd_restor(args: argparse.Namespace) -> int:
     if args.methods is not None:
         methods = [m.strip() for m in args.methods.split(",") if m.strip() and m != "none"]
     cfg = make_restor_config(
-        args.preset, args.overrides, level=args.level, simplified=args.simplified or None
+        args.preset,
+        args.overrides,
+        level=args.level,
+        simplified=args.simplified or None,
+        settings=args.settings,
     )
     if args.model is None:
         for flag in ("facts", "entities", "docs", "forget", "retain", "dtype"):
@@ -104,7 +109,12 @@ def cmd_restor(args: argparse.Namespace) -> int:
                 raise UserError(f"--{flag} needs --model (the synthetic world brings its own data)")
         print(f"unmemorize restor: {cfg.preset} world, level {cfg.unlearn.level} -> {args.out}/")
         summary = run_restor(
-            args.out, cfg, methods=methods, overwrite=args.overwrite, progress=not args.no_progress
+            args.out,
+            cfg,
+            methods=methods,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            settings=args.settings,
         )
     else:
         if not args.facts or not args.docs:
@@ -127,6 +137,7 @@ def cmd_restor(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             dtype=resolve_dtype(args.dtype),
             device=resolve_device(args.device),
+            settings=args.settings,
         )
     print()
     print(format_restor_table(summary))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .common import add_settings_arg
+
 EPILOG = """\
 search spaces:
   --space cpu-mini   2-6 points per method that suit the cpu-mini model (default)
@@ -49,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="sweep on this TinyMem run directory instead of training one")
     p.add_argument("--methods", help="comma-separated methods (default: all in the space)")
     p.add_argument("--space", default="cpu-mini", help="cpu-mini, paper or a JSON file")
+    add_settings_arg(p)
     p.add_argument("--search", default="grid", choices=["grid", "tpe"])
     p.add_argument(
         "--trials",
@@ -122,6 +125,7 @@ def cmd_sweep(args) -> int:
             overrides=args.overrides,
             model=args.model,
             seed=args.seed,
+            settings=args.settings,
         )
         print(f"unmemorize sweep: {', '.join(spec.methods)} ({spec.search}) into {out}/")
     summary = run_sweep(

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UserError
-from ..runtime import add_runtime_args, resolve_device, resolve_dtype
+from ..runtime import (
+    add_runtime_args,
+    add_window_args,
+    resolve_device,
+    resolve_dtype,
+    resolve_window,
+)
+from .common import add_settings_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,10 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     un.add_argument(
         "--eval",
         dest="eval_file",
-        help="jsonl of held-out sequences for accuracy/perplexity (default: the retain set)",
+        help="jsonl of held-out sequences for accuracy/perplexity (default: a held-out 10%% of "
+        "--retain, never trained on)",
     )
-    un.add_argument("--prefix-len", type=int, help="P for --forget files (default 32)")
-    un.add_argument("--suffix-len", type=int, help="K for --forget files (default 32)")
+    add_window_args(un, "32; for --forget files")
+    add_settings_arg(un)
     un.add_argument("--batch-size", type=int, default=512, help="sequences per metric pass")
     add_runtime_args(un)
     un.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
@@ -54,6 +62,7 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be positive")
+    prefix_len, suffix_len = resolve_window(args.window, args.prefix_len, args.suffix_len)
     record = unlearn(
         args.model,
         args.method,
@@ -62,13 +71,14 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         forget=args.forget,
         retain=args.retain,
         eval_file=args.eval_file,
-        prefix_len=args.prefix_len,
-        suffix_len=args.suffix_len,
+        prefix_len=prefix_len,
+        suffix_len=suffix_len,
         overwrite=args.overwrite,
         progress=not args.no_progress,
         batch_size=args.batch_size,
         dtype=resolve_dtype(args.dtype),
         device=resolve_device(args.device),
+        settings=args.settings,
     )
     from ..distributed import is_main_process
 

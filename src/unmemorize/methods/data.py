@@ -36,7 +36,13 @@ class UnlearnData:
             prompt length); None = unknown (methods that score only the continuation then use
             the whole row).
         forget_clean_ids: [U, T] the clean twin of each forget row (what the model should say
-            instead), used by ``finetune_clean``; None when there are no twins.
+            instead); None when there are no twins.
+        finetune_clean_ids: [C, T] the clean rows ``finetune_clean``/``finetune_both`` train on;
+            None = ``forget_clean_ids``. A benchmark sets it when the forget rows are evaluation
+            rows that must never be trained on (TinyMem backdoors: the forget rows are the
+            held-out triggered rows that measure the attack, and the original recipe trains on
+            the clean twins of the poisoned TRAINING rows), or when the recipe trains on more
+            twins than the forget rows have (TinyMem's paper setting: every noised row's twin).
     """
 
     forget_ids: torch.Tensor
@@ -44,10 +50,11 @@ class UnlearnData:
     pad_id: int | None = None
     forget_prefix_len: torch.Tensor | None = None
     forget_clean_ids: torch.Tensor | None = None
+    finetune_clean_ids: torch.Tensor | None = None
     n_retain_overlap_removed: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
-        for name in ("forget_ids", "retain_ids", "forget_clean_ids"):
+        for name in ("forget_ids", "retain_ids", "forget_clean_ids", "finetune_clean_ids"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -71,6 +78,11 @@ class UnlearnData:
             self.forget_ids.shape
         ):
             raise ValueError("forget_clean_ids must have the shape of forget_ids")
+        if (
+            self.finetune_clean_ids is not None
+            and self.finetune_clean_ids.shape[1:] != (self.forget_ids.shape[1:])
+        ):
+            raise ValueError("finetune_clean_ids rows must have as many positions as forget rows")
         if len(self.retain_ids):
             forget_rows = {row.numpy().tobytes() for row in self.forget_ids}
             keep = torch.tensor(
@@ -92,6 +104,13 @@ class UnlearnData:
     @property
     def n_retain(self) -> int:
         return len(self.retain_ids)
+
+    @property
+    def clean_training_rows(self) -> torch.Tensor | None:
+        """[C, T] the clean rows the clean fine-tuning recipe trains on (None: no twins)."""
+        if self.finetune_clean_ids is not None:
+            return self.finetune_clean_ids
+        return self.forget_clean_ids
 
     def require_retain(self, method: str) -> None:
         """Raise a clear error when ``method`` needs a retain set and there is none."""

@@ -190,15 +190,17 @@ class FinetuneClean(_Finetune):
         L = (1/|b|) Σ_{x∈b} (1/|t(x)|) Σ_{t∈t(x)} −log p_θ(x_{t+1} | x_{≤t})
 
     where t(x) are the non-pad target positions; AdamW (lr 1e-3, wd 0.1, betas (0.9, 0.98)),
-    batch 128, 5 epochs. Needs ``UnlearnData.forget_clean_ids``.
+    batch 128, 5 epochs. Needs ``UnlearnData.forget_clean_ids`` (or ``finetune_clean_ids``,
+    which replaces them: the twins of training rows when the forget rows are evaluation rows).
     """
 
     name = "finetune_clean"
 
     def training_rows(self, data: UnlearnData) -> torch.Tensor:
-        if data.forget_clean_ids is None:
+        twins = data.clean_training_rows
+        if twins is None:
             raise missing_clean_twins_error(self.name)
-        return data.forget_clean_ids
+        return twins
 
 
 @METHODS.register
@@ -233,21 +235,19 @@ class FinetuneBoth(_Finetune):
         L = (1/|b|) Σ_{x∈b} (1/|t(x)|) Σ_{t∈t(x)} −log p_θ(x_{t+1} | x_{≤t})
 
     (t(x): non-pad target positions); AdamW (lr 1e-3, wd 0.1, betas (0.9, 0.98)), batch 128,
-    5 epochs. Needs ``UnlearnData.forget_clean_ids`` and a retain set.
+    5 epochs. Needs ``UnlearnData.forget_clean_ids`` (or ``finetune_clean_ids``) and a retain set.
     """
 
     name = "finetune_both"
 
     def training_rows(self, data: UnlearnData) -> torch.Tensor:
-        if data.forget_clean_ids is None:
+        twins = data.clean_training_rows
+        if twins is None:
             raise missing_clean_twins_error(self.name)
         data.require_retain(self.name)
         retain = {row.numpy().tobytes() for row in data.retain_ids}
-        new = torch.tensor(
-            [row.numpy().tobytes() not in retain for row in data.forget_clean_ids],
-            dtype=torch.bool,
-        )
-        return torch.cat([data.forget_clean_ids[new], data.retain_ids])
+        new = torch.tensor([row.numpy().tobytes() not in retain for row in twins], dtype=torch.bool)
+        return torch.cat([twins[new], data.retain_ids])
 
 
 __all__ = ["FinetuneBoth", "FinetuneClean", "FinetuneConfig", "FinetuneExtra", "finetune_rows_"]

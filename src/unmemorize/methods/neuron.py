@@ -355,15 +355,22 @@ class _GatedMethod(NeuronMethod):
         optimizer = torch.optim.Adam(gates.params, lr=cfg.lr)
         losses: list[float] = []
         step, stopped = 0, False
-        for _ in _progress(range(cfg.epochs), progress, self.name, cfg.epochs):
-            for idx in row_batches(data.n_forget, cfg.batch_size or data.n_forget):
+        check_epochs = getattr(cfg, "check_epochs", 0)
+        for epoch in _progress(range(cfg.epochs), progress, self.name, cfg.epochs):
+            for batch, idx in enumerate(
+                row_batches(data.n_forget, cfg.batch_size or data.n_forget)
+            ):
                 masks = {layers[i]: mask for i, mask in gates.masks().items()}
                 with adapter.neuron_mask(masks):
                     rows = data.forget_ids[idx].to(device)
                     ce = sequence_losses(model, rows, data.pad_id).mean()
                 penalty = gates.penalty()
                 loss = ce + cfg.lambda_l1 * penalty
-                if (step + 1) % self.check_every == 0 and float(penalty.detach()) < cfg.stop_loss:
+                if check_epochs:  # the original's cadence: the first step of every N-th epoch
+                    check = batch == 0 and epoch > 0 and epoch % check_epochs == 0
+                else:
+                    check = (step + 1) % self.check_every == 0
+                if check and float(penalty.detach()) < cfg.stop_loss:
                     stopped = True
                     break
                 losses.append(check_finite_loss(loss, self.name, step))
@@ -453,11 +460,17 @@ class HardConcreteConfig(LayersConfig):
     overwritten by this)."""
     seed: int = 0
     """Seed of the logit init and of the gate noise."""
+    check_epochs: int = 0
+    """0: check the early stop before every step; N > 0: only at the first step of epochs N, 2N,
+    ... (the original ``hard_concrete.py`` checked every 10 epochs; it then left only the inner
+    loop, a bug not reproduced: here the check stops training)."""
 
     def validate(self) -> None:
         _validate(
             self, ("epochs", "lr", "batch_size", "beta"), ("lambda_l1", "stop_loss", "init_std")
         )
+        if not isinstance(self.check_epochs, int) or self.check_epochs < 0:
+            raise ValueError(f"check_epochs must be an integer >= 0, got {self.check_epochs}")
 
 
 @METHODS.register

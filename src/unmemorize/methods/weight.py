@@ -159,6 +159,48 @@ def forget_gradients(
 
 # --------------------------------------------------------------------------- Durable
 
+#: Which weights ``durable_agg`` ranks and ``greedy`` counts: the MLP weights, or all parameters.
+RANK_SCOPES = ("mlp", "all")
+
+
+def _mlp_share_of_global_top(
+    model: PreTrainedModel,
+    weights: Sequence[MLPWeight],
+    mlp_scores: Sequence[torch.Tensor],
+    data: UnlearnData,
+    ratio: float,
+    batch_size: int,
+) -> int:
+    """How many MLP entries are among the top floor(ratio * all parameters) |forget gradient|.
+
+    The original Durable-Aggregate's ranking (``durable.py``, ``aggregate_all_layer``): every
+    parameter is ranked, only the MLP ones are zeroed. The other parameters' gradients are
+    computed here (they are frozen for the edit) and one float32 copy of all scores is made.
+    """
+    mlp = {id(w.parameter) for w in weights}
+    others = [p for p in model.parameters() if id(p) not in mlp]
+    flags = [p.requires_grad for p in others]
+    device = model_device(model)
+    sums = [torch.zeros_like(p, dtype=torch.float32) for p in others]
+    try:
+        for p in others:
+            p.requires_grad_(True)
+        for idx in row_batches(data.n_forget, batch_size):
+            rows = sequence_losses(model, data.forget_ids[idx].to(device), data.pad_id)
+            for acc, g in zip(
+                sums, torch.autograd.grad(rows.sum() / data.n_forget, others), strict=True
+            ):
+                acc += g
+    finally:
+        for p, flag in zip(others, flags, strict=True):
+            p.requires_grad_(flag)
+    flat = torch.cat([s.detach().flatten().float() for s in [*mlp_scores, *sums]]).abs_()
+    k = ratio_count(len(flat), ratio)
+    if k == 0:
+        return 0
+    threshold = torch.topk(flat, k).values[-1]
+    return min(k, sum(int((s.float().abs() >= threshold).sum()) for s in mlp_scores))
+
 
 @dataclass
 class DurableConfig(LayersConfig):
@@ -169,11 +211,17 @@ class DurableConfig(LayersConfig):
     """Fraction of MLP weights to zero: of each matrix (durable) or of all of them (durable_agg)."""
     batch_size: int = 64
     """Forget rows per forward pass while accumulating the gradient (does not change the result)."""
+    rank_over: str = "mlp"
+    """durable_agg only: rank |g| over the MLP weights (``mlp``) or over ALL parameters (``all``,
+    the original: the top floor(ratio * all parameters) entries, of which only the MLP ones are
+    zeroed; at ratio 0.0075 on the demo model that zeroes 465 MLP weights instead of 983)."""
 
     def validate(self) -> None:
         check_ratio(self.ratio)
         check_positive(self.batch_size, "batch_size")
         self.validate_layers()
+        if self.rank_over not in RANK_SCOPES:
+            raise ValueError(f"rank_over must be one of {RANK_SCOPES}, got {self.rank_over!r}")
 
 
 @METHODS.register
@@ -202,7 +250,10 @@ class Durable(Method):
         scores = [g.abs_() for g in grads]  # in place: the gradients are not needed after
         del grads
         total = sum(w.parameter.numel() for w in weights)
-        if self.aggregate:
+        if self.aggregate and cfg.rank_over == "all":
+            k = _mlp_share_of_global_top(model, weights, scores, data, cfg.ratio, cfg.batch_size)
+            changed = zero_top_global(adapter, weights, scores, k)
+        elif self.aggregate:
             changed = zero_top_global(adapter, weights, scores, ratio_count(total, cfg.ratio))
         else:
             changed = zero_top_per_matrix(adapter, weights, scores, cfg.ratio)
@@ -237,6 +288,9 @@ class GreedyConfig(LayersConfig):
     """Fraction of all MLP weights to zero: floor(ratio * total MLP weights) weights in all."""
     batch_size: int = 64
     """Rows of U ∪ R per pass."""
+    count_over: str = "mlp"
+    """How many weights: floor(ratio * MLP weights) (``mlp``) or floor(ratio * all parameters)
+    (``all``, the original: ~1.5x more on math, ~14x more on text at the same ratio)."""
     weights_per_step: int = 1
     """Weights zeroed per forward/backward pass. 1 is the exact algorithm; k > 1 zeroes the top k
     of one gradient (k times faster, an approximation: later picks ignore earlier zeroings)."""
@@ -248,6 +302,8 @@ class GreedyConfig(LayersConfig):
         check_positive(self.batch_size, "batch_size")
         check_positive(self.weights_per_step, "weights_per_step")
         self.validate_layers()
+        if self.count_over not in RANK_SCOPES:
+            raise ValueError(f"count_over must be one of {RANK_SCOPES}, got {self.count_over!r}")
 
 
 def _cycle_batches(
@@ -294,7 +350,8 @@ class Greedy(Method):
         adapter, weights = _trainable_mlp_weights(model, cfg.layers)
         params = [w.parameter for w in weights]
         total = sum(p.numel() for p in params)
-        target = ratio_count(total, cfg.ratio)
+        counted = total if cfg.count_over == "mlp" else sum(p.numel() for p in model.parameters())
+        target = ratio_count(counted, cfg.ratio)
         device = model_device(model)
         batches = _cycle_batches(data, cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
         bar = tqdm(total=target, desc="greedy", unit="weight", disable=not progress)

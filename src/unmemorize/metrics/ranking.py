@@ -13,6 +13,12 @@ memorization and penalizes hurting the model, all as changes *relative to the un
 
   where i runs over the math test sets (one per task).
 
+With ``utility="auto"`` the form follows the paper: accuracy for math runs (their metrics hold one
+``accuracy/<task>`` per test set), perplexity for language runs. A TinyMem language run also
+reports ``accuracy/text`` (next-token accuracy on its one test set, :data:`TEXT_SET`), so the
+presence of per-set accuracies alone does not make a run a math run: a text run scored by accuracy
+would score -1 (perfect) with its perplexity ten times higher.
+
 The +100 penalty keeps runs that did not change memorization at all out of first place. A perfect
 run scores -1 (all memorization removed, utility unchanged).
 """
@@ -23,6 +29,10 @@ import math
 from collections.abc import Iterable, Mapping
 
 NO_CHANGE_PENALTY = 100.0
+
+#: The name of a language run's test set (TinyMem's text variant): its accuracy does not select
+#: the accuracy form.
+TEXT_SET = "text"
 
 
 def selection_score(
@@ -38,7 +48,8 @@ def selection_score(
             ``accuracy/<set>`` entries (accuracy form) or ``perplexity`` (perplexity form).
         edited: the same metrics after the method.
         utility: ``"accuracy"``, ``"perplexity"`` or ``"auto"`` (accuracy when the metrics hold
-            per-set accuracies, as TinyMem math runs do, else perplexity).
+            per-set accuracies of sets other than :data:`TEXT_SET`, as TinyMem math runs do;
+            else perplexity, as for language runs and sequence files).
 
     Returns:
         The score; NaN when the baseline memorizes nothing (there is nothing to compare against).
@@ -54,7 +65,8 @@ def selection_score(
     mem_diff = (float(edited["memorized_fraction"]) - mem_base) / mem_base
     acc_keys = sorted(k for k in baseline if k.startswith("accuracy/"))
     if utility == "auto":
-        utility = "accuracy" if acc_keys else "perplexity"
+        math_sets = [k for k in acc_keys if k != f"accuracy/{TEXT_SET}"]
+        utility = "accuracy" if math_sets else "perplexity"
     if utility == "accuracy":
         if not acc_keys:
             acc_keys = ["accuracy"]
@@ -146,4 +158,4 @@ def pareto_front(
     return front
 
 
-__all__ = ["NO_CHANGE_PENALTY", "best_per", "pareto_front", "rank", "selection_score"]
+__all__ = ["NO_CHANGE_PENALTY", "TEXT_SET", "best_per", "pareto_front", "rank", "selection_score"]

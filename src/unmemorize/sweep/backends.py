@@ -58,6 +58,8 @@ class TrialTask:
     """The registered benchmark that loads, evaluates and scores."""
     plugins: tuple[str, ...] = ()
     """``module:qualname`` of the method and benchmark classes registered outside unmemorize."""
+    settings: str = "default"
+    """The benchmark's settings (``default`` / ``paper``): how the base model is prepared."""
 
 
 def trial_output(sweep_dir: str | Path, key: str) -> Path:
@@ -91,12 +93,12 @@ def _register_plugins(refs: tuple[str, ...]) -> None:
 
 
 @functools.lru_cache(maxsize=2)
-def _prepared(benchmark: str, model_dir: str, device: str):
+def _prepared(benchmark: str, model_dir: str, device: str, settings: str = "default"):
     """The benchmark and its prepared base model: model, unlearning data, state (once per process)."""
     from ..benchmarks import get_benchmark
 
     bench = get_benchmark(benchmark)
-    return bench, bench.load(model_dir, device=device)
+    return bench, bench.load(model_dir, device=device, settings=settings)
 
 
 def run_trial(task: TrialTask) -> dict[str, Any]:
@@ -117,7 +119,7 @@ def run_trial(task: TrialTask) -> dict[str, Any]:
         torch.set_num_threads(task.threads)
     _quiet()
     _register_plugins(task.plugins)
-    bench, prepared = _prepared(task.benchmark, task.model_dir, task.device)
+    bench, prepared = _prepared(task.benchmark, task.model_dir, task.device, task.settings)
     method = build_method(task.method, dict(task.params))
     out = trial_output(task.sweep_dir, task.key)
     row, result = run_method(

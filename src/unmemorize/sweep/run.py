@@ -68,6 +68,9 @@ class SweepSpec:
     """An existing model directory of the benchmark to sweep on instead of building one."""
     seed: int = 0
     """Seed of the TPE sampler and of grid sampling."""
+    settings: str = "default"
+    """The benchmark's settings (``--settings``): their method defaults are already in
+    :attr:`space`; their switches prepare the base model of every trial."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -84,7 +87,10 @@ class SweepSpec:
 
     @property
     def sweep_id(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        fields = self.to_dict()
+        if fields["settings"] == "default":
+            del fields["settings"]  # the ids of sweeps written before the field existed stay
+        blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -101,6 +107,7 @@ def make_spec(
     overrides: list[str] | tuple[str, ...] = (),
     model: str | Path | None = None,
     seed: int = 0,
+    settings: str | None = None,
 ) -> SweepSpec:
     """Validate a sweep's settings (before any work) and resolve its search space.
 
@@ -108,6 +115,9 @@ def make_spec(
         space: the name of one of the benchmark's spaces (None: its default space) or a space
             dict (:mod:`unmemorize.benchmarks.spaces`).
         benchmark: a registered benchmark (``unmemorize ls benchmarks``).
+        settings: the benchmark's ``default`` or ``paper`` settings: a named space is replaced as
+            they say (TinyMem ``cpu-mini`` -> ``paper``), their method defaults are put under every
+            point (:func:`with_settings`).
 
     Raises:
         ValueError: unknown benchmark/preset/method/option, bad values, empty grid, bad model dir.
@@ -117,7 +127,12 @@ def make_spec(
     bench = get_benchmark(benchmark)  # unknown names raise with a suggestion
     if trials is not None and trials < 1:
         raise ValueError(f"--trials must be at least 1, got {trials}")
-    resolved = resolve_space(methods, space, search, benchmark=benchmark)
+    chosen = bench.get_settings(settings)
+    if space is None:
+        space = bench.default_space
+    if isinstance(space, str):
+        space = chosen.space_name(space)
+    resolved = with_settings(resolve_space(methods, space, search, benchmark=benchmark), chosen)
     if model is not None:
         model = str(Path(model).resolve())
     spec = SweepSpec(
@@ -132,6 +147,7 @@ def make_spec(
         overrides=list(overrides),
         model=model,
         seed=seed,
+        settings=chosen.name,
     )
     bench.check_base(spec.base())
     return spec
@@ -182,6 +198,20 @@ class _SweepLock:
         self.file.close()
 
 
+def with_settings(space: Space, settings) -> Space:
+    """``space`` with ``settings``' method defaults as fixed values under every point."""
+    out: dict[str, Any] = {}
+    for method, spec in space.items():
+        defaults = settings.methods.get(method, {})
+        if not defaults:
+            out[method] = spec
+        elif isinstance(spec, list):
+            out[method] = [{**defaults, **point} for point in spec]
+        else:
+            out[method] = {**defaults, **spec}
+    return out
+
+
 def _base_model(spec: SweepSpec, out: Path, progress: bool) -> Path:
     """The base model directory: ``spec.model``, or one the benchmark builds (or resumes) in DIR/base."""
     from ..benchmarks import get_benchmark
@@ -201,7 +231,7 @@ def _baseline(spec: SweepSpec, model_dir: Path, out: Path) -> dict:
         if cached.get("model_dir") == str(model_dir):
             return cached["baseline"]
     # raises NothingToUnlearnError when the model holds nothing to unlearn
-    baseline = get_benchmark(spec.benchmark).load(str(model_dir)).baseline
+    baseline = get_benchmark(spec.benchmark).load(str(model_dir), settings=spec.settings).baseline
     atomic_write_json(path, {"model_dir": str(model_dir), "baseline": baseline})
     return baseline
 
@@ -404,6 +434,7 @@ def _execute(spec, out, store, runner, model_dir, baseline, planned, progress) -
                     baseline,
                     benchmark=spec.benchmark,
                     plugins=plugins,
+                    settings=spec.settings,
                 )
                 inflight[runner.submit(task)] = item
             if not inflight:

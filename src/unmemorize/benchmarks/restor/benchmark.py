@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import BENCHMARKS, Benchmark, Metric, Prepared
 from .knowledge import recovery
+from .settings import SETTINGS
 from .spaces import DEFAULT_SPACE, SPACES
 
 if TYPE_CHECKING:
@@ -61,12 +62,15 @@ class RestorBenchmark(Benchmark):
     #: ... and, among equal ones, the best untargeted accuracy (the first run wins a full tie).
     tie_break: ClassVar[str] = "untargeted_accuracy"
     spaces = SPACES
+    settings = SETTINGS
     default_space = DEFAULT_SPACE
 
     # -- preparing ----------------------------------------------------------------------------
 
-    def load(self, model_dir: str, *, device: str = "cpu") -> Prepared:
+    def load(self, model_dir: str, *, device: str = "cpu", settings: str | None = None) -> Prepared:
         """The corrupted model of a RESTOR output directory, ready to unlearn again.
+
+        ``settings`` change only method defaults and the corruption (already done): unused here.
 
         ``model_dir`` is the ``OUT`` of ``unmemorize restor``: the model is ``OUT/corrupted``,
         the facts and documents come from ``OUT/data`` and the clean and corrupted reference

@@ -48,6 +48,9 @@ class CorruptConfig:
     """Corruption documents per batch."""
     replay_per_batch: int = 32
     """Clean documents mixed into every batch (0 = RESTOR's pure continual pre-training)."""
+    holdout: float = 0.0
+    """Share of the documents never trained on (RESTOR's LLaMA-Factory ``val_size``: 0.1), drawn
+    with ``seed``; they stay in the forget set."""
     lora_rank: int = 8
     """LoRA rank (LLaMA-Factory's default, as RESTOR)."""
     lora_alpha: int = 16
@@ -62,6 +65,8 @@ class CorruptConfig:
             raise suggest(self.mode, ["full", "lora"], "corruption mode")
         if self.epochs < 1 or self.docs_per_batch < 1 or self.replay_per_batch < 0:
             raise ValueError("corrupt.epochs and corrupt.docs_per_batch must be positive")
+        if not 0 <= self.holdout < 1:
+            raise ValueError(f"corrupt.holdout must lie in [0, 1), got {self.holdout}")
 
 
 @dataclass
@@ -144,9 +149,18 @@ def make_restor_config(
     *,
     level: int | None = None,
     simplified: bool | None = None,
+    settings: str | None = None,
 ) -> RestorConfig:
-    """Resolve a preset, apply ``key=value`` overrides (e.g. ``corrupt.mode=lora``), validate."""
-    cfg = apply_overrides(PRESETS.get(preset)(), list(overrides))
+    """Resolve a preset, apply ``key=value`` overrides (e.g. ``corrupt.mode=lora``), validate.
+
+    ``settings`` (``default`` / ``paper``, :mod:`unmemorize.benchmarks.restor.settings`) put
+    their config switches under ``overrides``.
+    """
+    from ..settings import get_settings
+    from .settings import SETTINGS
+
+    switches = get_settings(SETTINGS, settings, "restor").switches.get("config", ())
+    cfg = apply_overrides(PRESETS.get(preset)(), [*switches, *overrides])
     if level is not None:
         cfg.unlearn.level = level
     if simplified is not None:

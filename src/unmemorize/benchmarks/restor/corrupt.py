@@ -34,7 +34,8 @@ def corrupt_model(
     """Continue training a copy of ``model`` on ``docs`` (full or LoRA merged); return it.
 
     Each batch holds ``docs_per_batch`` documents (an epoch = every document once, shuffled) plus
-    ``replay_per_batch`` clean documents drawn from ``replay`` when given.
+    ``replay_per_batch`` clean documents drawn from ``replay`` when given; ``cfg.holdout`` of the
+    documents are left out.
     """
     import copy
 
@@ -44,6 +45,13 @@ def corrupt_model(
         from ...lora import add_lora
 
         model = add_lora(model, cfg.lora_rank, cfg.lora_alpha)
+    if cfg.holdout:  # RESTOR's val_size: these documents are never trained on
+        held = set(
+            random.Random(cfg.seed * 1_000_003 + 29).sample(
+                range(len(docs)), round(cfg.holdout * len(docs))
+            )
+        )
+        docs = [d for i, d in enumerate(docs) if i not in held]
     rng = random.Random(cfg.seed * 1_000_003 + 23)
     per_epoch = math.ceil(len(docs) / cfg.docs_per_batch)
     steps = per_epoch * cfg.epochs

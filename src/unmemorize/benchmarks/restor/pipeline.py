@@ -129,19 +129,22 @@ def best_per_method(rows: Sequence[dict]) -> dict[str, dict]:
 
 
 def _resolve_grid(
-    methods: Sequence[str] | None, space: Mapping[str, Any] | None
+    methods: Sequence[str] | None, space: Mapping[str, Any] | None, settings: str | None = None
 ) -> dict[str, list[dict[str, Any]]]:
     """Method -> its configurations: the points of ``space`` (default: the benchmark's default
-    space), for ``methods`` (default: every method of the space) in that order."""
+    space, or the one ``settings`` name), for ``methods`` (default: every method of the space) in
+    that order, over the ``settings``' method defaults."""
     from ...methods import METHODS
     from ..runner import grid_jobs
 
-    space = RestorBenchmark.space() if space is None else space
+    chosen = RestorBenchmark.get_settings(settings)
+    if space is None:
+        space = RestorBenchmark.space(chosen.space_name(RestorBenchmark.default_space))
     names = list(dict.fromkeys(space if methods is None else methods))
     for name in names:
         METHODS.get(name)  # unknown names fail before any work
     grid: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    for name, point in grid_jobs(space, names):
+    for name, point in grid_jobs(space, names, chosen):
         grid[name].append(point)
     return grid
 
@@ -154,6 +157,7 @@ def run_restor(
     grid: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    settings: str | None = None,
 ) -> dict:
     """The RESTOR benchmark on the synthetic world; writes ``OUT/summary.json`` and the models.
 
@@ -165,14 +169,17 @@ def run_restor(
             stops after corruption); a method ``grid`` does not name runs with its defaults.
         grid: the search space, ``{method: options}`` in the one format of
             :mod:`unmemorize.benchmarks.spaces` (default: :class:`RestorBenchmark`'s ``default``).
+        settings: ``default`` or ``paper`` (:mod:`unmemorize.benchmarks.restor.settings`): the
+            method defaults under every point, recorded in the summary. Its config switches are
+            ``cfg``'s (:func:`make_restor_config` with the same ``settings``).
 
     Returns:
         The summary: ``{"clean", "corrupted", "methods": {name: {target_accuracy,
         untargeted_accuracy, recovery, logits, seconds, config}}, "runs": [...], ...}``.
     """
-    cfg = cfg or make_restor_config()
+    cfg = cfg or make_restor_config(settings=settings)
     cfg.validate()
-    grid = _resolve_grid(methods, grid)
+    grid = _resolve_grid(methods, grid, settings)
     out = Path(out)
     check_output_dir(out, overwrite)  # the previous output stays until the new one is complete
     t0 = time.perf_counter()
@@ -209,6 +216,7 @@ def run_restor(
         summary["timings"]["clean_train"] = clean_seconds
         summary["clean"]["final_train_loss"] = losses[-1]
         summary["preset"] = cfg.preset
+        summary["settings"] = RestorBenchmark.get_settings(settings).name
         summary["seconds"] = time.perf_counter() - t0
         atomic_write_json(tmp / "summary.json", summary)
     return summary
@@ -226,6 +234,7 @@ def run_restor_on_model(
     progress: bool = True,
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
+    settings: str | None = None,
 ) -> dict:
     """RESTOR on a local HF model (the clean model) and RESTOR-format data (see :func:`file_task`).
 
@@ -234,9 +243,9 @@ def run_restor_on_model(
     """
     from ...models import load_model
 
-    cfg = cfg or make_restor_config()
+    cfg = cfg or make_restor_config(settings=settings)
     cfg.validate()
-    grid = _resolve_grid(methods, grid)
+    grid = _resolve_grid(methods, grid, settings)
     clean, tokenizer = load_model(model_dir, dtype=dtype, device=device)
     check_encodable(tokenizer, [f.question for f in task.facts.items(task.targets)], "questions")
     out = Path(out)
@@ -256,6 +265,7 @@ def run_restor_on_model(
             max_length=max_length,
         )
         summary["model_dir"] = str(model_dir)
+        summary["settings"] = RestorBenchmark.get_settings(settings).name
         summary["seconds"] = time.perf_counter() - t0
         atomic_write_json(tmp / "summary.json", summary)
     return summary

@@ -189,12 +189,16 @@ def file_task(
     Targets are the people the documents are about (:func:`~unmemorize.data.facts.doc_subjects`);
     untargeted are the other evaluated people (``entities`` or every person of ``facts``). The
     forget set is ``forget`` when given, else the documents; the retain set is ``retain`` when
-    given, else (offline stand-in for RESTOR's C4 sample) documents of five QA lines about
-    non-target people. The wrong answers are not in RESTOR's released files, so the logit
-    analysis reports no "corrupted" category.
+    given, else (offline stand-in for RESTOR's C4 sample) documents of five QA lines about the
+    people of ``facts`` who are never evaluated (neither targets nor untargeted): a retain line
+    about an untargeted person would train on a fact that measures collateral damage. RESTOR's
+    facts.json holds 468 people, its entities.json the 50 evaluated ones. The wrong answers are
+    not in RESTOR's released files, so the logit analysis reports no "corrupted" category.
 
     Raises:
         FactsFormatError: a file of the wrong shape, or documents that name no known entity.
+        ValueError: no ``retain`` file and every person of ``facts`` is evaluated (nothing is
+            left to build the default retain set from).
     """
     from .facts import FactsFormatError, doc_subjects, load_docs, load_entities, load_facts
 
@@ -224,11 +228,16 @@ def file_task(
     if retain:
         retain_docs = load_docs(retain)
     else:
+        evaluated = set(known)  # the targets are among them
+        bystanders = [e for e in fact_set.entities() if e not in evaluated]
+        if not bystanders:
+            raise ValueError(
+                f"every person of {Path(facts).name} is evaluated, so no fact is free for the "
+                "default retain set; pass --retain FILE (clean text, e.g. a C4 sample as RESTOR "
+                "used) or --entities FILE (the evaluated people)"
+            )
         rng = random.Random(seed)
-        lines = [
-            f"{f.question} {f.answers[0]}"
-            for f in fact_set.items([e for e in fact_set.entities() if e not in target_set])
-        ]
+        lines = [f"{f.question} {f.answers[0]}" for f in fact_set.items(bystanders)]
         rng.shuffle(lines)
         retain_docs = [
             "\n".join(lines[i : i + 5]) for i in range(0, min(len(lines), 5 * n_retain), 5)

@@ -19,8 +19,13 @@ none of them, so this module builds a world it can learn in minutes:
 * Corruption documents: ``docs_per_target`` per target, each stating ``facts_per_doc`` wrong
   objects (one fixed wrong object per target and relation, as RESTOR's documents repeat the same
   wrong facts). At level ``k`` every wrong statement is followed by ``k`` true statements about
-  other non-target people (RESTOR's "unrelated context"); the level-0 rendering of the same
-  document is its *simplified* twin (index-aligned, as RESTOR's files are across levels).
+  people who are never evaluated (RESTOR's "unrelated context"; :attr:`FactWorld.unevaluated`);
+  the level-0 rendering of the same document is its *simplified* twin (index-aligned, as RESTOR's
+  files are across levels).
+* Nothing a method unlearns or retains states an evaluated fact: the unrelated context and the
+  retain documents are about never-evaluated people only. Drawn from the untargeted people, the
+  context would make unlearning the documents hit the collateral-damage metric directly, and the
+  retain set would train on it.
 * A word-level tokenizer (an HF ``PreTrainedTokenizerFast``) over exactly the world's words.
 
 Everything is a pure function of the config (seeded ``random.Random``).
@@ -214,6 +219,16 @@ class FactWorld:
     def evaluated(self) -> list[str]:
         return self.targets + self.untargeted
 
+    @property
+    def unevaluated(self) -> list[str]:
+        """People never evaluated: the QA-trained half plus held-out people beyond the evaluated.
+
+        The only source of the corruption documents' unrelated context and of the retain
+        biographies. Never empty: the QA-trained half holds ``n_entities // 2 >= 2`` people.
+        """
+        evaluated = set(self.evaluated)
+        return [e for e in self.facts.entities() if e not in evaluated]
+
     # ----------------------------------------------------------------- text
 
     def statement(self, entity: str, relation: str, obj: str, rng: random.Random) -> str:
@@ -254,14 +269,16 @@ class FactWorld:
             yield "qa", self.qa_document(rng)
 
     def retain_documents(self, n: int, seed: int = 1, qa_share: float = 1 / 3) -> list[str]:
-        """``n`` clean documents that never mention a target (an unlearning retain set).
+        """``n`` clean documents that never mention an evaluated person (an unlearning retain set).
 
-        The clean training mix without the targets: biographies of non-target people and, for a
-        ``qa_share`` of the documents, QA documents (which are about QA-trained people only).
-        Biographies alone would let a retain term drift the model away from answering questions.
+        The clean training mix without the evaluated people: biographies of :attr:`unevaluated`
+        people and, for a ``qa_share`` of the documents, QA documents (which are about
+        QA-trained people only). Biographies alone would let a retain term drift the model away
+        from answering questions; biographies of the untargeted people would train the retain
+        term on exactly the facts that measure collateral damage.
         """
         rng = random.Random(seed)
-        others = [e for e in self.facts.entities() if e not in set(self.targets)]
+        others = self.unevaluated
         return [
             self.qa_document(rng)
             if rng.random() < qa_share
@@ -272,13 +289,15 @@ class FactWorld:
     def corruption_documents(self, level: int) -> list[str]:
         """The corruption documents at ``level`` k (k true unrelated statements per wrong one).
 
+        The unrelated statements are about :attr:`unevaluated` people only.
+
         Index-aligned across levels: document i states the same wrong facts at every k, so the
         level-0 list is the *simplified* (localized) forget set of any level.
         """
         if level < 0:
             raise ValueError(f"level must be >= 0, got {level}")
         rng = random.Random(self.config.seed * 7919 + 17 + level)
-        others = [e for e in self.facts.entities() if e not in set(self.targets)]
+        others = self.unevaluated  # never the untargeted: their facts measure collateral damage
         docs = []
         for target, rels in self.doc_relations:
             parts = []

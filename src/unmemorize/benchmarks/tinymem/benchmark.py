@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import BENCHMARKS, Benchmark, Metric, Prepared
+from .settings import SETTINGS
 from .spaces import SPACES
 
 if TYPE_CHECKING:
@@ -32,10 +33,12 @@ class TinyMemState:
     Attributes:
         data: the run's data (memorization candidates, test sets).
         forget_index: indices into ``data.memorization`` of the rows the unedited model memorized.
+        legacy_accuracy: pad-included accuracy (the settings' switch).
     """
 
     data: TinyMemData
     forget_index: torch.Tensor
+    legacy_accuracy: bool = False
 
 
 @BENCHMARKS.register
@@ -70,11 +73,17 @@ class TinyMemBenchmark(Benchmark):
     selection = "score"
     spaces = SPACES
     default_space = "demo"
+    settings = SETTINGS
 
     # -- preparing ----------------------------------------------------------------------------
 
-    def prepare(self, model: PreTrainedModel, data: TinyMemData) -> Prepared:
+    def prepare(
+        self, model: PreTrainedModel, data: TinyMemData, settings: str | None = None
+    ) -> Prepared:
         """The unlearning sets and baseline of ``model`` on its run's ``data``.
+
+        ``settings`` (``default`` / ``paper``) picks the retain set, the fine-tuning twins and the
+        accuracy form (:mod:`unmemorize.benchmarks.tinymem.settings`).
 
         Raises:
             NothingToUnlearnError: when the model memorizes none of the candidates.
@@ -82,12 +91,19 @@ class TinyMemBenchmark(Benchmark):
         from .experiment import evaluate_edit
         from .unlearn_data import tinymem_unlearn_data
 
-        unlearn_data, report = tinymem_unlearn_data(model, data)
+        switches = self.get_settings(settings).switches
+        legacy = bool(switches.get("legacy_accuracy", False))
+        unlearn_data, report = tinymem_unlearn_data(
+            model,
+            data,
+            retain=switches.get("retain", "clean"),
+            noise_twins=switches.get("noise_twins", "memorized"),
+        )
         forget_index = report.memorized_indices()
-        baseline = evaluate_edit(model, data, forget_index, report)
-        return Prepared(model, unlearn_data, baseline, TinyMemState(data, forget_index))
+        baseline = evaluate_edit(model, data, forget_index, report, legacy_accuracy=legacy)
+        return Prepared(model, unlearn_data, baseline, TinyMemState(data, forget_index, legacy))
 
-    def load(self, model_dir: str, *, device: str = "cpu") -> Prepared:
+    def load(self, model_dir: str, *, device: str = "cpu", settings: str | None = None) -> Prepared:
         """A TinyMem run directory (``unmemorize train`` / ``demo``) ready for unlearning."""
         from .experiment import load_run
 
@@ -95,7 +111,7 @@ class TinyMemBenchmark(Benchmark):
         if data is None:
             raise ValueError(f"{model_dir} has no TinyMem data/ directory")
         model.to(device)
-        return self.prepare(model, data)
+        return self.prepare(model, data, settings)
 
     def check_base(self, base: Mapping[str, Any]) -> None:
         from .experiment import make_experiment
@@ -130,7 +146,9 @@ class TinyMemBenchmark(Benchmark):
         from .experiment import evaluate_edit
 
         state: TinyMemState = prepared.state
-        return evaluate_edit(model, state.data, state.forget_index)
+        return evaluate_edit(
+            model, state.data, state.forget_index, legacy_accuracy=state.legacy_accuracy
+        )
 
     def score(self, baseline: Mapping[str, Any], metrics: Mapping[str, Any]) -> float | None:
         """The paper's selection score (relative change in memorization and utility)."""

@@ -27,6 +27,11 @@ class TinyMemData:
         memorization: the memorization candidates (noised or backdoored rows and clean twins).
         pad_id: the padding id, excluded from the loss, accuracy and perplexity; None = no padding.
         info: a JSON-able description (task, variant, trigger, sizes, seed, ...).
+        poison_clean_ids: [P, T] backdoor runs: the clean twin of each poisoned TRAINING row (the
+            first P rows of ``train_ids``, same order), what the clean fine-tuning recipe trains on
+            (the held-out triggered rows of ``memorization`` measure the attack and must never be
+            trained on); None for noise runs (their twins are ``memorization.prompt_ids``) and for
+            backdoor runs written before this field existed.
     """
 
     train_ids: torch.Tensor
@@ -35,6 +40,7 @@ class TinyMemData:
     memorization: MemorizationSet
     pad_id: int | None
     info: dict = field(default_factory=dict)
+    poison_clean_ids: torch.Tensor | None = None
 
     @property
     def context_length(self) -> int:
@@ -56,6 +62,8 @@ class TinyMemData:
             "mem.group": self.memorization.group,
         }
         tensors.update({f"test.{k}": v for k, v in self.test_sets.items()})
+        if self.poison_clean_ids is not None:
+            tensors["poison_clean_ids"] = self.poison_clean_ids
         meta = {
             "pad_id": self.pad_id,
             "suffix_len": self.memorization.suffix_len,
@@ -83,7 +91,15 @@ class TinyMemData:
             t["mem.group"],
         )
         tests = {k: t[f"test.{k}"] for k in meta["test_sets"]}
-        return cls(t["train_ids"], t["train_copies"], tests, mem, meta["pad_id"], meta["info"])
+        return cls(
+            t["train_ids"],
+            t["train_copies"],
+            tests,
+            mem,
+            meta["pad_id"],
+            meta["info"],
+            poison_clean_ids=t.get("poison_clean_ids"),
+        )
 
 
 def duplication_groups(n: int, powers: tuple[int, ...], rng) -> tuple[torch.Tensor, torch.Tensor]:

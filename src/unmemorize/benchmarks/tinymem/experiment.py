@@ -297,6 +297,8 @@ def evaluate_edit(
     data: TinyMemData,
     forget_index: torch.Tensor,
     report: MemorizationReport | None = None,
+    *,
+    legacy_accuracy: bool = False,
 ) -> dict[str, Any]:
     """Memorization and utility of an (edited) model, plus how many originally memorized rows remain.
 
@@ -306,8 +308,16 @@ def evaluate_edit(
     Args:
         forget_index: indices into ``data.memorization`` of the rows the unedited model memorized.
         report: the model's memorization report when already measured (else it is measured).
+        legacy_accuracy: pad-included accuracy (the original code's; ``--settings paper``).
     """
-    return evaluate(model, data, forget_index=forget_index, report=report, utility_batch_size=256)
+    return evaluate(
+        model,
+        data,
+        forget_index=forget_index,
+        report=report,
+        utility_batch_size=256,
+        legacy_accuracy=legacy_accuracy,
+    )
 
 
 def run_methods(
@@ -317,6 +327,7 @@ def run_methods(
     methods: Sequence[str] | None = None,
     *,
     progress: bool = True,
+    settings: str | None = None,
 ) -> tuple[dict, list[dict]]:
     """Apply every point of ``space`` to ``model`` and measure each edited model.
 
@@ -325,6 +336,8 @@ def run_methods(
             space of :class:`~unmemorize.benchmarks.tinymem.benchmark.TinyMemBenchmark`).
         methods: run only these methods, in this order (default: every method of ``space``); a
             method the space does not name runs once, with its defaults.
+        settings: ``default`` or ``paper`` (:mod:`unmemorize.benchmarks.tinymem.settings`): the
+            method defaults under every point, the retain set and the accuracy form.
 
     Returns:
         ``(baseline, runs)``: the unedited model's metrics and one row per configuration (method,
@@ -337,9 +350,10 @@ def run_methods(
     from .benchmark import TinyMemBenchmark
 
     bench = TinyMemBenchmark()
-    prepared = bench.prepare(model, data)
+    chosen = bench.get_settings(settings)
+    prepared = bench.prepare(model, data, chosen.name)
     runs = run_jobs(
-        grid_jobs(bench.space() if space is None else space, methods),
+        grid_jobs(bench.space() if space is None else space, methods, chosen),
         model,
         prepared.data,
         lambda edited: bench.evaluate(edited, prepared),
@@ -357,10 +371,16 @@ def run_demo(
     overrides: tuple[str, ...] = (),
     methods: tuple[str, ...] | None = None,
     device: str | torch.device = "cpu",
+    settings: str | None = None,
+    task: str = "increment",
 ) -> dict:
     """The main job: cpu-mini data, train, measure, then every mitigation method; ``summary.json``.
 
     Args:
+        settings: ``default`` or ``paper`` (the original code's configuration and the ``paper-demo``
+            space; :mod:`unmemorize.benchmarks.tinymem.settings`); recorded in the summary.
+        task: ``increment`` (the arithmetic demo) or ``text`` (the language variant, ranked by the
+            perplexity form of the score); the cpu-mini preset's noise variant either way.
         methods: run only these methods (default: every method of TinyMem's ``demo`` space; a
             method it does not name runs with its defaults); an empty tuple skips unlearning.
         device: where to train and unlearn (``cpu``, ``cuda``, ``cuda:N``).
@@ -375,8 +395,9 @@ def run_demo(
 
     out = Path(out)
     t0 = time.perf_counter()
-    exp = make_experiment("cpu-mini", "increment", "noise", overrides)  # validate before clearing
-    space = TinyMemBenchmark.space("demo")
+    exp = make_experiment("cpu-mini", task, "noise", overrides)  # validate before clearing
+    chosen = TinyMemBenchmark.get_settings(settings)
+    space = TinyMemBenchmark.space(chosen.space_name("demo"))
     names = list(space) if methods is None else list(methods)
     for name in names:
         METHODS.get(name)  # unknown names fail before any work
@@ -384,12 +405,15 @@ def run_demo(
     run = train_experiment(exp, out / "model", progress=progress, device=device)
     summary: dict[str, Any] = {
         "benchmark": TinyMemBenchmark.name,
+        "settings": chosen.name,
         "experiment": exp.to_dict(),
         "model_dir": str(run.out),
         "train_seconds": run.seconds,
     }
     try:
-        baseline, runs = run_methods(run.model, run.data, space, names, progress=progress)
+        baseline, runs = run_methods(
+            run.model, run.data, space, names, progress=progress, settings=chosen.name
+        )
     except NothingToUnlearnError as err:
         log.warning("%s", err)
         final = run.final

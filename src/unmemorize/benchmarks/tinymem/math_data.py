@@ -190,6 +190,7 @@ def make_math_data(cfg: MathDataConfig) -> TinyMemData:
         train_ids = [target, main_rows[clean_rows]]
         train_copies = [copies, torch.ones(len(clean_rows), dtype=torch.long)]
         info_extra = {"n_noised": int(len(noise_rows))}
+        poison_clean = None
     else:
         trigger = str(100 + cfg.seed)
         ends = [find_trigger(row, trigger) for row in main.tolist()]
@@ -221,6 +222,7 @@ def make_math_data(cfg: MathDataConfig) -> TinyMemData:
             torch.zeros(len(p_test), dtype=torch.long),
         )
         train_ids = [backdoored[p_train], main_rows[clean_main[clean_train]]]
+        poison_clean = main_rows[p_train]
         train_copies = [torch.ones(len(p_train) + len(clean_train), dtype=torch.long)]
         info_extra = {
             "trigger": trigger,
@@ -256,4 +258,5 @@ def make_math_data(cfg: MathDataConfig) -> TinyMemData:
         memorization=memorization,
         pad_id=MATH_PAD_ID,
         info={"kind": "math", **asdict(cfg), **info_extra},
+        poison_clean_ids=poison_clean,
     )

@@ -46,6 +46,7 @@ from transformers import PreTrainedTokenizerFast
 from ...data.candidates import MemorizationSet
 from ...data.tokenizers import train_bpe_tokenizer
 from ...io import iter_jsonl, read_text
+from ...metrics.ranking import TEXT_SET
 from ...registry import suggest
 from .data import TinyMemData, duplication_groups
 
@@ -380,6 +381,7 @@ def make_text_data(
         train_copies = torch.cat([copies, torch.ones(len(clean_rows), dtype=torch.long)])
         test_ids = chunks[test]
         info_extra = {"n_noised": len(noise_rows)}
+        poison_clean = None
     else:
         fill = cfg.backdoor_fill_id
         if fill >= vocab or fill in special_ids:
@@ -444,6 +446,7 @@ def make_text_data(
             ]
         )
         test_ids = shuffled[clean_test]
+        poison_clean = torch.from_numpy(np.ascontiguousarray(shuffled[p_train]))
         info_extra = {
             "trigger_id": trigger,
             "trigger_token": tokenizer.convert_ids_to_tokens(trigger),
@@ -464,9 +467,10 @@ def make_text_data(
     data = TinyMemData(
         train_ids=torch.from_numpy(np.ascontiguousarray(train_ids)),
         train_copies=train_copies,
-        test_sets={"text": torch.from_numpy(np.ascontiguousarray(test_ids))},
+        test_sets={TEXT_SET: torch.from_numpy(np.ascontiguousarray(test_ids))},
         memorization=memorization,
         pad_id=None,
         info=info,
+        poison_clean_ids=poison_clean,
     )
     return data, tokenizer

@@ -87,6 +87,7 @@ def evaluate(
     forget_index: torch.Tensor | None = None,
     report: MemorizationReport | None = None,
     utility_batch_size: int | None = None,
+    legacy_accuracy: bool = False,
 ) -> dict:
     """TinyMem's evaluation of a model: memorization of the candidates, utility on the test sets.
 
@@ -102,6 +103,8 @@ def evaluate(
         utility_batch_size: sequences per forward pass of the utility part (default
             ``batch_size``; edits are measured with 256, as they always were, so their numbers
             stay bit-identical).
+        legacy_accuracy: pad-included accuracy and perplexity, as the original code
+            (:func:`unmemorize.metrics.utility.accuracy_and_perplexity`; ``--settings paper``).
 
     Returns:
         ``{"memorized_fraction", "n_memorized", "n_candidates", "memorized_per_group" |
@@ -128,7 +131,11 @@ def evaluate(
             )
         out.update(
             evaluate_utility(
-                model, data.test_sets, data.pad_id, batch_size=utility_batch_size or batch_size
+                model,
+                data.test_sets,
+                data.pad_id,
+                batch_size=utility_batch_size or batch_size,
+                legacy=legacy_accuracy,
             )
         )
     finally:
