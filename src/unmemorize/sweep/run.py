@@ -42,6 +42,9 @@ from .tpe import DEFAULT_TPE_TRIALS, TpeProposer
 
 log = logging.getLogger(__name__)
 
+RANK_BY = ("score", "audited")
+"""How a sweep ranks its trials (:attr:`SweepSpec.rank_by`)."""
+
 
 @dataclass
 class SweepSpec:
@@ -68,9 +71,21 @@ class SweepSpec:
     """An existing model directory of the benchmark to sweep on instead of building one."""
     seed: int = 0
     """Seed of the TPE sampler and of grid sampling."""
+    audit: dict | None = None
+    """Audit every trial with this :class:`~unmemorize.audit.AuditConfig` (as a dict); None =
+    no audit. The audit runs in the worker through the hook ``run_sweep`` is given."""
+    rank_by: str = "score"
+    """``score`` (the benchmark's score) or ``audited``: the score plus the trial's "returns
+    after relearning" fraction (0 to 1), so that a run that hides rather than removes loses."""
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        # sweeps without an audit keep the id they had before these fields existed
+        if d["audit"] is None:
+            del d["audit"]
+        if d["rank_by"] == "score":
+            del d["rank_by"]
+        return d
 
     def base(self) -> dict[str, Any]:
         """The base-model settings a benchmark reads (:meth:`~unmemorize.benchmarks.Benchmark.check_base`)."""
@@ -101,6 +116,8 @@ def make_spec(
     overrides: list[str] | tuple[str, ...] = (),
     model: str | Path | None = None,
     seed: int = 0,
+    audit: dict | None = None,
+    rank_by: str = "score",
 ) -> SweepSpec:
     """Validate a sweep's settings (before any work) and resolve its search space.
 
@@ -108,6 +125,8 @@ def make_spec(
         space: the name of one of the benchmark's spaces (None: its default space) or a space
             dict (:mod:`unmemorize.benchmarks.spaces`).
         benchmark: a registered benchmark (``unmemorize ls benchmarks``).
+        audit: audit every trial with this AuditConfig dict (see :attr:`SweepSpec.audit`).
+        rank_by: ``score`` or ``audited`` (needs ``audit``).
 
     Raises:
         ValueError: unknown benchmark/preset/method/option, bad values, empty grid, bad model dir.
@@ -117,6 +136,10 @@ def make_spec(
     bench = get_benchmark(benchmark)  # unknown names raise with a suggestion
     if trials is not None and trials < 1:
         raise ValueError(f"--trials must be at least 1, got {trials}")
+    if rank_by not in RANK_BY:
+        raise ValueError(f"--rank-by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
+    if rank_by == "audited" and audit is None:
+        raise ValueError("--rank-by audited ranks by the audit's findings; add --audit")
     resolved = resolve_space(methods, space, search, benchmark=benchmark)
     if model is not None:
         model = str(Path(model).resolve())
@@ -132,6 +155,8 @@ def make_spec(
         overrides=list(overrides),
         model=model,
         seed=seed,
+        audit=None if audit is None else dict(audit),
+        rank_by=rank_by,
     )
     bench.check_base(spec.base())
     return spec
@@ -262,6 +287,7 @@ def run_sweep(
     gpus_per_trial: float = 0,
     overwrite: bool = False,
     progress: bool = True,
+    auditor: str | None = None,
 ) -> dict:
     """Run (or continue) a sweep in ``out``; returns the summary (also in ``out/summary.json``).
 
@@ -277,6 +303,9 @@ def run_sweep(
         cpus_per_trial, gpus_per_trial: Ray resource request of each trial.
         overwrite: discard a different sweep found in ``out``.
         progress: show a progress bar.
+        auditor: ``module:function`` of the audit hook each worker calls when ``spec.audit`` is
+            set (``unmemorize.audit.pipeline:audit_trial``; the sweep layer does not import the
+            audit, its caller names it).
 
     Raises:
         FileExistsError: ``out`` holds something else, or another coordinator runs there.
@@ -291,6 +320,8 @@ def run_sweep(
         raise ValueError(f"unknown backend {backend!r}: choose local or ray")
     if workers is not None and workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
+    if spec.audit is not None and not auditor:
+        raise ValueError("this sweep audits its trials: pass the audit hook (auditor=...)")
     meta_path = out / "sweep.json"
     resuming = meta_path.is_file() and not overwrite
     if resuming:
@@ -324,7 +355,7 @@ def run_sweep(
                 else RayBackend(ray_address, workers, cpus_per_trial, gpus_per_trial)
             )
             try:
-                _execute(spec, out, store, runner, model_dir, baseline, planned, progress)
+                _execute(spec, out, store, runner, model_dir, baseline, planned, progress, auditor)
             finally:
                 runner.shutdown()
             return write_summary(out, store=store, seconds=time.perf_counter() - t0)
@@ -341,7 +372,9 @@ def _plugins(spec: SweepSpec) -> tuple[str, ...]:
     return plugin_refs([*(METHODS.get(m) for m in spec.methods), BENCHMARKS.get(spec.benchmark)])
 
 
-def _execute(spec, out, store, runner, model_dir, baseline, planned, progress) -> None:
+def _execute(
+    spec, out, store, runner, model_dir, baseline, planned, progress, auditor=None
+) -> None:
     """The scheduling loop: keep ``runner.slots`` trials in flight, record each as it returns."""
     from tqdm.auto import tqdm
 
@@ -404,6 +437,9 @@ def _execute(spec, out, store, runner, model_dir, baseline, planned, progress) -
                     baseline,
                     benchmark=spec.benchmark,
                     plugins=plugins,
+                    audit=spec.audit,
+                    auditor=auditor or "",
+                    rank_by=spec.rank_by,
                 )
                 inflight[runner.submit(task)] = item
             if not inflight:

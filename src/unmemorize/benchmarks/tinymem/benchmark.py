@@ -32,10 +32,12 @@ class TinyMemState:
     Attributes:
         data: the run's data (memorization candidates, test sets).
         forget_index: indices into ``data.memorization`` of the rows the unedited model memorized.
+        tokenizer: the run's tokenizer when known (text runs need it to draw audit holdout rows).
     """
 
     data: TinyMemData
     forget_index: torch.Tensor
+    tokenizer: Any = None
 
 
 @BENCHMARKS.register
@@ -73,7 +75,7 @@ class TinyMemBenchmark(Benchmark):
 
     # -- preparing ----------------------------------------------------------------------------
 
-    def prepare(self, model: PreTrainedModel, data: TinyMemData) -> Prepared:
+    def prepare(self, model: PreTrainedModel, data: TinyMemData, tokenizer: Any = None) -> Prepared:
         """The unlearning sets and baseline of ``model`` on its run's ``data``.
 
         Raises:
@@ -85,17 +87,18 @@ class TinyMemBenchmark(Benchmark):
         unlearn_data, report = tinymem_unlearn_data(model, data)
         forget_index = report.memorized_indices()
         baseline = evaluate_edit(model, data, forget_index, report)
-        return Prepared(model, unlearn_data, baseline, TinyMemState(data, forget_index))
+        state = TinyMemState(data, forget_index, tokenizer)
+        return Prepared(model, unlearn_data, baseline, state)
 
     def load(self, model_dir: str, *, device: str = "cpu") -> Prepared:
         """A TinyMem run directory (``unmemorize train`` / ``demo``) ready for unlearning."""
         from .experiment import load_run
 
-        model, _tokenizer, data = load_run(model_dir)
+        model, tokenizer, data = load_run(model_dir)
         if data is None:
             raise ValueError(f"{model_dir} has no TinyMem data/ directory")
         model.to(device)
-        return self.prepare(model, data)
+        return self.prepare(model, data, tokenizer)
 
     def check_base(self, base: Mapping[str, Any]) -> None:
         from .experiment import make_experiment
@@ -143,6 +146,14 @@ class TinyMemBenchmark(Benchmark):
         """Memorized share against accuracy (math tasks) or perplexity (text)."""
         text = bool(experiment) and experiment.get("task") == "text"
         return "memorized_fraction", "perplexity" if text else "accuracy"
+
+    def audit_sets(self, prepared: Prepared) -> dict[str, Any]:
+        """Every memorization candidate, fresh noised twins as non-members, the clean training
+        rows and the test sets (:func:`~.audit_sets.tinymem_audit_sets`)."""
+        from .audit_sets import tinymem_audit_sets
+
+        state: TinyMemState = prepared.state
+        return tinymem_audit_sets(state.data, tokenizer=state.tokenizer)
 
     # -- presenting ---------------------------------------------------------------------------
 
