@@ -89,7 +89,7 @@ def test_unlearn_audit_then_audit_the_output_and_report_the_card(tiny_run, tmp_p
     paths = build_report([out, again], tmp_path / "report")
     text = paths.markdown.read_text()
     assert text.count("Removal card: attacks") == 2
-    assert "relearn on half the forget set" in text and "int8" in text
+    assert "relearning on half the forget set" in text and "int8" in text
     assert "How to read the removal card" in text
     sections = paths.sections
     assert sections[0].kind == "unlearn" and sections[1].kind == "audit"
