@@ -331,6 +331,7 @@ def unlearn(
             "n_retain": setup.data.n_retain,
             "n_retain_overlap_removed": setup.data.n_retain_overlap_removed,
         },
+        "sources": _sources(model_dir, forget, retain, eval_file, setup.source),
         "before": setup.baseline,
         "after": after,
         "score": _score(setup.baseline, after),
@@ -351,6 +352,23 @@ def unlearn(
         extra_dirs=extra_dirs,
     )
     return record
+
+
+def _sources(model_dir, forget, retain, eval_file, source: dict) -> dict:
+    """Absolute paths of the model and files an edit came from, so that ``unmemorize audit``
+    finds its original model and forget rows from any working directory."""
+
+    def resolved(path):
+        return None if path is None else str(Path(path).resolve())
+
+    return {
+        "model": resolved(model_dir),
+        "forget": resolved(forget),
+        "retain": resolved(retain),
+        "eval": resolved(eval_file),
+        "prefix_len": source.get("prefix_len"),
+        "suffix_len": source.get("suffix_len"),
+    }
 
 
 def _score(before: dict, after: dict) -> float | None:

@@ -13,6 +13,8 @@ A benchmark knows how to
 * own its **search spaces** (:attr:`Benchmark.spaces`, one format, see
   :mod:`unmemorize.benchmarks.spaces`), its presets and its **report section**
   (:meth:`Benchmark.report_section`);
+* name the rows an **audit** reads (:meth:`Benchmark.audit_sets`: forget rows, non-members,
+  retain and eval rows);
 * build the **base model** a sweep unlearns from (:meth:`Benchmark.prepare_base`) and name the
   trade-off its Pareto fronts show (:meth:`Benchmark.tradeoff`).
 
@@ -159,6 +161,17 @@ class Benchmark:
     def score(self, baseline: Mapping[str, Any], metrics: Mapping[str, Any]) -> float | None:
         """The run's score against the unedited model (lower is better); None when undefined."""
         return None
+
+    def audit_sets(self, prepared: Prepared) -> dict[str, Any]:
+        """The rows an audit of an edit of ``prepared.model`` reads (:mod:`unmemorize.audit`).
+
+        Returns:
+            The fields of :class:`unmemorize.audit.AuditSets` (``forget_ids``, ``prefix_len``,
+            ``suffix_len`` and, where the benchmark has them, ``prompt_ids``, ``holdout_ids``
+            (non-members never trained on), ``retain_ids``, ``eval_ids``, ``pad_id``): plain
+            tensors, so that benchmarks stay below the audit layer.
+        """
+        raise NotImplementedError(f"benchmark {self.name!r} cannot be audited yet")
 
     # -- presenting ---------------------------------------------------------------------------
 

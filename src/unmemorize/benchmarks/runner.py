@@ -97,11 +97,13 @@ def run_jobs(
     score: Scorer | None = None,
     progress: bool = True,
     desc: str = "methods",
+    on_result: Callable[[dict[str, Any], UnlearnResult], None] | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`run_method` for every ``(method name, options)`` job; one row each, in job order.
 
     Methods are built (and their options checked) before the first one runs, so a typo fails
-    before any work.
+    before any work. ``on_result(row, result)`` sees every edit that did not diverge (e.g. to
+    keep the best edited model of each method for an audit); the loop keeps none.
     """
     from tqdm.auto import tqdm
 
@@ -112,9 +114,45 @@ def run_jobs(
     bar = tqdm(built, desc=desc, unit="run", disable=not progress)
     for method, options in bar:
         bar.set_postfix_str(method.name)
-        row, _result = run_method(method, model, data, evaluate, score=score, options=options)
+        row, result = run_method(method, model, data, evaluate, score=score, options=options)
         rows.append(row)
+        if on_result is not None and result is not None:
+            on_result(row, result)
     return rows
+
+
+Auditor = Callable[["PreTrainedModel", Any, "Mapping[str, Any] | None"], dict[str, Any]]
+"""``(model, prepared, row) -> audit summary``: audits an edited model (``row`` is its run row;
+None for the unedited model). Built above the benchmarks (:mod:`unmemorize.audit`) and handed
+down, so that benchmarks never import the audit."""
+
+
+class BestEdits:
+    """An ``on_result`` for :func:`run_jobs` that keeps the best edited model of each method.
+
+    "Best" is :func:`unmemorize.metrics.ranking.best_per`'s rule on the rows' ``score`` (lower
+    first, NaN last, the first on ties), so :meth:`model` of a row ``best_per`` picks is that
+    row's edited model. Only one model per method is held at a time.
+    """
+
+    def __init__(self) -> None:
+        self._best: dict[str, tuple[Mapping[str, Any], PreTrainedModel]] = {}
+
+    @staticmethod
+    def _key(row: Mapping[str, Any]) -> tuple[bool, float]:
+        value = row.get("score", math.nan)
+        bad = value is None or math.isnan(value)
+        return bad, 0.0 if bad else value
+
+    def __call__(self, row: Mapping[str, Any], result: UnlearnResult) -> None:
+        held = self._best.get(row["method"])
+        if held is None or self._key(row) < self._key(held[0]):
+            self._best[row["method"]] = (row, result.model)
+
+    def model(self, row: Mapping[str, Any]) -> PreTrainedModel | None:
+        """The edited model of ``row`` when it is the kept best of its method, else None."""
+        held = self._best.get(row["method"])
+        return held[1] if held is not None and held[0] is row else None
 
 
 def grid_jobs(
@@ -138,4 +176,14 @@ def grid_jobs(
     return jobs
 
 
-__all__ = ["Evaluator", "Job", "Scorer", "grid_jobs", "overrides_list", "run_jobs", "run_method"]
+__all__ = [
+    "Auditor",
+    "BestEdits",
+    "Evaluator",
+    "Job",
+    "Scorer",
+    "grid_jobs",
+    "overrides_list",
+    "run_jobs",
+    "run_method",
+]

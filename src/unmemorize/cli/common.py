@@ -75,16 +75,37 @@ def quiet_transformers() -> None:
 
 
 def format_method_table(rows, baseline: dict) -> str:
-    """The demo's table: one line per method run, in the order given (best first)."""
+    """The demo's table: one line per method run, in the order given (best first).
+
+    Rows that carry an ``"audit"`` summary (``--audit``) add the columns "returns after
+    relearning" (the worst of the forget-half and benign relearning attacks) and "MIA AUC"
+    (Min-K%).
+    """
+    rows = list(rows)
+    audited = any("audit" in r for r in rows)
+
+    def audit_cells(summary) -> str:
+        if not audited:
+            return ""
+        summary = summary or {}
+        back, auc = summary.get("returned_fraction"), summary.get("min_k_auc")
+        return (f"{'–' if back is None else f'{back:.1%}':>26}"
+                f"{'–' if auc is None else f'{auc:.3f}':>9}")  # fmt: skip
+
     header = (
         f"{'method':<22}{'memorized':>10}{'left':>8}{'accuracy':>10}{'perplexity':>11}"
-        f"{'seconds':>9}{'score':>8}  config"
+        f"{'seconds':>9}{'score':>8}"
+        + (f"{'returns after relearning':>26}{'MIA AUC':>9}" if audited else "")
+        + "  config"
     )
     lines = [header, "-" * len(header)]
-    lines.append(
+    before = (
         f"{'(before)':<22}{baseline['memorized_fraction']:>10.1%}{baseline['n_memorized']:>8}"
         f"{baseline['accuracy']:>10.1%}{baseline['perplexity']:>11.3f}"
     )
+    if audited:
+        before = f"{before:<78}{audit_cells(baseline.get('audit'))}"
+    lines.append(before)
     for r in rows:
         if "error" in r:
             lines.append(f"{r['method']:<22}  diverged: {r['error']}")
@@ -92,6 +113,106 @@ def format_method_table(rows, baseline: dict) -> str:
         lines.append(
             f"{r['method']:<22}{r['memorized_fraction']:>10.1%}{r['n_still_memorized']:>8}"
             f"{r['accuracy']:>10.1%}{r['perplexity']:>11.3f}{r['seconds']:>9.1f}"
-            f"{r['score']:>8.3f}  {' '.join(r['overrides'])}"
+            f"{r['score']:>8.3f}{audit_cells(r.get('audit'))}  {' '.join(r['overrides'])}"
         )
     return "\n".join(lines)
+
+
+#: Audit options: (option, type, help). ``unmemorize audit`` takes them as ``--NAME``; ``unlearn``,
+#: ``demo`` and ``sweep`` as ``--audit-NAME`` beside ``--audit``.
+_AUDIT_OPTIONS = (
+    ("checks", str, "comma-separated checks to run (default: all; `unmemorize ls checks`)"),
+    ("relearn-lrs", str, "relearning learning rates, comma-separated (default {lrs})"),
+    ("relearn-steps", int, "fine-tuning steps of each relearning attack (default 30)"),
+    ("relearn-batch-size", int, "rows per relearning step (default 32)"),
+    ("quant-dtypes", str, "quantization precisions (default bfloat16,float16,int8,int4)"),
+    ("n-samples", int, "n of (n, p)-discoverable sampled extraction (default 100)"),
+    ("temperature", float, "sampling temperature of the sampled check (default 1.0)"),
+    ("top-k", int, "top-k of the sampled check (default 0 = off)"),
+    ("top-p", float, "top-p of the sampled check (default 1.0 = off)"),
+    ("mia-k", float, "k of Min-K%% and Min-K%%++ (default 0.2)"),
+)
+
+
+def add_audit_options(parser: argparse.ArgumentParser, *, prefix: str = "", lrs: str) -> None:
+    """The audit's configuration options (``--audit-`` prefixed on commands that run one)."""
+    group = parser.add_argument_group("audit options" if prefix else "audit configuration")
+    for name, kind, text in _AUDIT_OPTIONS:
+        group.add_argument(
+            f"--{prefix}{name}",
+            dest=f"{prefix}{name}".replace("-", "_"),
+            type=kind,
+            metavar=name.split("-")[-1].upper(),
+            help=text.format(lrs=lrs),
+        )
+
+
+def audit_config_from_args(args: argparse.Namespace, *, prefix: str = "", default_lrs=None):
+    """An :class:`~unmemorize.audit.AuditConfig` from the options of :func:`add_audit_options`.
+
+    Raises:
+        ValueError: a bad value (one line, naming the option).
+    """
+    from ..audit import AuditConfig
+    from ..audit.pipeline import parse_floats, parse_names
+
+    def value(name: str):
+        return getattr(args, f"{prefix}{name}".replace("-", "_"), None)
+
+    fields: dict = {}
+    if default_lrs is not None:
+        fields["relearn_lrs"] = tuple(default_lrs)
+    if value("checks") is not None:
+        fields["checks"] = parse_names(value("checks"))
+    if value("relearn-lrs") is not None:
+        fields["relearn_lrs"] = parse_floats(value("relearn-lrs"), f"--{prefix}relearn-lrs")
+    if value("quant-dtypes") is not None:
+        fields["quant_dtypes"] = parse_names(value("quant-dtypes"))
+    for name in ("relearn-steps", "relearn-batch-size", "n-samples", "temperature", "top-k",
+                 "top-p", "mia-k"):  # fmt: skip
+        if value(name) is not None:
+            fields[name.replace("-", "_")] = value(name)
+    config = AuditConfig(**fields)
+    from ..audit import AUDIT_CHECKS
+
+    config.validate(AUDIT_CHECKS.names())
+    return config
+
+
+def audit_requested(args: argparse.Namespace) -> None:
+    """Refuse ``--audit-*`` options without ``--audit`` (they would silently do nothing)."""
+    from ..errors import UserError
+
+    if getattr(args, "audit", False):
+        return
+    for name, _, _ in _AUDIT_OPTIONS:
+        if getattr(args, f"audit_{name}".replace("-", "_"), None) is not None:
+            raise UserError(f"--audit-{name} needs --audit")
+
+
+def add_audit_flag(parser: argparse.ArgumentParser, what: str, lrs: str) -> None:
+    """``--audit`` and its ``--audit-*`` options on a command that edits models."""
+    parser.add_argument(
+        "--audit",
+        action="store_true",
+        help=f"audit {what} (relearning, quantization, sampling, membership inference; "
+        "`unmemorize ls checks`)",
+    )
+    add_audit_options(parser, prefix="audit-", lrs=lrs)
+
+
+def audit_line(summary: dict) -> str:
+    """One line of an audit summary (:func:`unmemorize.audit.pipeline.audit_summary`)."""
+
+    def pct(x):
+        return "–" if x is None else f"{x:.0%}"
+
+    parts = [
+        f"memorized {pct(summary.get('memorized_fraction'))}",
+        f"discoverable (sampling) {pct(summary.get('discoverable_fraction'))}",
+        f"returns after relearning {pct(summary.get('returned_fraction'))}",
+        f"after quantization {pct(summary.get('quantization_max'))}",
+    ]
+    auc = summary.get("min_k_auc")
+    parts.append("MIA AUC –" if auc is None else f"MIA AUC {auc:.2f}")
+    return ", ".join(parts)

@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 
 from ..runtime import add_runtime_args, resolve_device
-from .common import add_run_options, add_settings_arg, format_method_table
+from .common import (
+    add_audit_flag,
+    add_run_options,
+    add_settings_arg,
+    audit_config_from_args,
+    audit_requested,
+    format_method_table,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "on the bundled corpus (scored with perplexity) (default: %(default)s)",
     )
     add_settings_arg(demo)
+    add_audit_flag(
+        demo,
+        "the unedited model and every method's best run (OUT/audit/<method>/audit.json; the "
+        "table gains 'returns after relearning' and 'MIA AUC'; relearning at lr 1e-4 only)",
+        "1e-4",
+    )
     # TinyMem trains a fresh model in float32 (its results are float32 results): --device only
     add_runtime_args(demo, dtype=False)
     add_run_options(demo)
@@ -45,6 +58,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..benchmarks.tinymem.experiment import run_demo
 
     device = resolve_device(args.device)
+    audit_requested(args)
+    auditor = None
+    if args.audit:
+        from ..audit.pipeline import DEMO_RELEARN_LRS, BenchmarkAuditor
+        from ..benchmarks import get_benchmark
+
+        config = audit_config_from_args(args, prefix="audit-", default_lrs=DEMO_RELEARN_LRS)
+        auditor = BenchmarkAuditor(get_benchmark("tinymem"), config, Path(args.out) / "audit")
     methods = None
     if args.methods is not None:
         methods = tuple(m.strip() for m in args.methods.split(",") if m.strip() and m != "none")
@@ -58,6 +79,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         device=device,
         settings=args.settings,
         task=args.task,
+        audit=auditor,
     )
     b = summary["baseline"]
     text = args.task == "text"
@@ -83,6 +105,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         else:
             print("score: relative change in % memorized minus mean relative change in accuracy")
         print("(the TinyMem paper's selection rule; lower is better, -1 is perfect)")
+        if "audit" in summary:
+            lrs = ", ".join(f"{lr:g}" for lr in auditor.config.relearn_lrs)
+            print(
+                "returns after relearning: share of the originally memorized rows memorized again "
+                f"after {auditor.config.relearn_steps} AdamW steps (lr {lrs}) on half the forget "
+                "set (other half measured) or on clean retain rows, the worse of the two"
+            )
+            print(
+                "MIA AUC: Min-K% membership inference, forget rows vs fresh noised twins never "
+                "trained on (0.5 = as if never seen, 1 = clearly trained on)"
+            )
+            a = summary["audit"]
+            print(
+                f"  audit time       {a['seconds']:6.0f} s  ({a['n_audited']} models audited, "
+                f"{a['seconds'] / max(1, a['n_audited']):.1f} s each)   cards: "
+                f"unmemorize report {args.out}"
+            )
     elif "methods_skipped" in summary:
         print(f"  no unlearning: {summary['methods_skipped']}")
     print(f"  time             {summary['seconds']:6.0f} s")

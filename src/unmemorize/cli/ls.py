@@ -1,11 +1,12 @@
-"""``unmemorize ls``: list methods, benchmarks and their search spaces, presets, tasks, keys."""
+"""``unmemorize ls``: list methods, audit checks, benchmarks and their search spaces, presets,
+tasks, keys."""
 
 from __future__ import annotations
 
 import argparse
 
 #: What ``unmemorize ls`` lists, in the order of its usage line.
-KINDS = ("methods", "benchmarks", "spaces", "presets", "tasks", "regularizers", "keys")
+KINDS = ("methods", "checks", "benchmarks", "spaces", "presets", "tasks", "regularizers", "keys")
 
 _DIRECTION = {True: "higher is better", False: "lower is better", None: ""}
 
@@ -14,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``ls`` to the ``unmemorize`` sub-commands."""
     ls = sub.add_parser(
         "ls",
-        help="list methods, benchmarks, spaces, presets, tasks, regularizers or config keys",
+        help="list methods, audit checks, benchmarks, spaces, presets, tasks, regularizers or "
+        "config keys",
     )
     ls.add_argument("what", choices=KINDS)
     ls.add_argument("--task", default="increment", help="task whose config keys to list")
@@ -36,6 +38,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
             print(f"    paper: {d['paper']}")
             for f in d["config"]:
                 print(f"    {f['name']} = {f['default']!r}  {f['help']}")
+            print()
+    elif args.what == "checks":
+        from ..audit import describe_checks
+
+        for d in describe_checks():
+            print(f"{d['name']}  {d['measures']}")
+            print(f"    paper: {d['paper']}")
+            print(f"    reading: {d['reading']}")
             print()
     elif args.what in ("benchmarks", "spaces"):
         _list_benchmarks(args.what, args.benchmark)

@@ -31,6 +31,7 @@ COMMANDS: tuple[str, ...] = (
     "train",
     "measure",
     "unlearn",
+    "audit",
     "restor",
     "ls",
     "sweep",
@@ -46,6 +47,7 @@ examples:
   unmemorize measure --model runs/mult              memorized candidates of a TinyMem run
   unmemorize measure --model DIR --sequences seqs.jsonl --prefix-len 32 --suffix-len 32 --json out.json
   unmemorize unlearn --model unmemorize-demo/model --method balanced_subnet --out runs/bs
+  unmemorize audit --model runs/bs --out runs/bs     relearning, quantization, sampling, MIA attacks
   unmemorize ls methods                             every method, its paper and its options
   unmemorize restor --out runs/restor               corrupt, unlearn, measure what comes back
   unmemorize restor stats --facts facts.json --entities entities.json --docs mix_a0.json

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_settings_arg
+from .common import add_audit_flag, add_settings_arg, audit_config_from_args, audit_requested
 
 EPILOG = """\
 search spaces:
@@ -23,6 +23,8 @@ examples:
   unmemorize sweep --methods balanced_subnet --backend ray --ray-address auto --out /shared/s3
   unmemorize sweep --storage postgresql://me@db/sweeps --methods durable --out sweeps/s4
   unmemorize sweep --resume sweeps/s1          continue after an interruption (even kill -9)
+  unmemorize sweep --methods ga,npo --audit --rank-by audited --out sweeps/a
+                                               audit every trial; rank by score + returned share
   unmemorize report sweeps/s1                  HTML/Markdown report with Pareto plots
 
 Each trial applies one method configuration to the base model and measures % memorized, clean
@@ -30,6 +32,10 @@ accuracy and perplexity; the best run per method is chosen by the TinyMem paper'
 better, -1 is perfect). Results go to a database (DIR/sweep.db unless --storage), one row per
 trial; running the same command again skips finished trials and retries failed ones.
 """
+
+
+#: The audit hook sweep workers call on each trial when the sweep audits (``--audit``).
+AUDIT_HOOK = "unmemorize.audit.pipeline:audit_trial"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,6 +75,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--cpus-per-trial", type=float, default=1, help="Ray: CPUs per trial")
     p.add_argument("--gpus-per-trial", type=float, default=0, help="Ray: GPUs per trial")
+    p.add_argument(
+        "--rank-by",
+        default="score",
+        choices=["score", "audited"],
+        help="score: the benchmark's score; audited (needs --audit): score + the trial's "
+        "'returns after relearning' fraction, so a run that hides rather than removes loses",
+    )
+    add_audit_flag(
+        p, "every trial (DIR/trials/<key>/audit.json; relearning at lr 1e-4 only)", "1e-4"
+    )
     p.add_argument("--overwrite", action="store_true", help="discard a different sweep in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument(
@@ -102,6 +118,15 @@ def cmd_sweep(args) -> int:
 
     if args.resume and args.out and Path(args.out) != Path(args.resume):
         raise UserError("give either --resume DIR or --out DIR, not both")
+    audit_requested(args)
+    audit = None
+    if args.audit:
+        if args.resume:
+            raise UserError("--audit is part of a sweep's spec; a resumed sweep keeps its own")
+        from ..audit.pipeline import DEMO_RELEARN_LRS
+
+        config = audit_config_from_args(args, prefix="audit-", default_lrs=DEMO_RELEARN_LRS)
+        audit = config.to_dict()
     if args.resume:
         out = Path(args.resume)
         spec, _storage = load_spec(out)
@@ -126,6 +151,8 @@ def cmd_sweep(args) -> int:
             model=args.model,
             seed=args.seed,
             settings=args.settings,
+            audit=audit,
+            rank_by=args.rank_by,
         )
         print(f"unmemorize sweep: {', '.join(spec.methods)} ({spec.search}) into {out}/")
     summary = run_sweep(
@@ -139,6 +166,7 @@ def cmd_sweep(args) -> int:
         gpus_per_trial=args.gpus_per_trial,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        auditor=AUDIT_HOOK,
     )
     counts = summary["counts"]
     print()
@@ -149,6 +177,8 @@ def cmd_sweep(args) -> int:
     if summary["methods"]:
         print(format_method_table(summary["methods"].values(), summary["baseline"]))
         print("score: the TinyMem paper's selection rule (lower is better, -1 is perfect)")
+        if spec.rank_by == "audited":
+            print("ranked by the audited score: score + 'returns after relearning' (0 to 1)")
     for row in summary["runs"]:
         if row.get("status") == "failed":
             print(f"failed: {row['trial']} {row['params']}: {row['error']}")

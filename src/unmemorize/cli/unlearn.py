@@ -12,7 +12,13 @@ from ..runtime import (
     resolve_dtype,
     resolve_window,
 )
-from .common import add_settings_arg
+from .common import (
+    add_audit_flag,
+    add_settings_arg,
+    audit_config_from_args,
+    audit_line,
+    audit_requested,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +51,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_window_args(un, "32; for --forget files")
     add_settings_arg(un)
     un.add_argument("--batch-size", type=int, default=512, help="sequences per metric pass")
+    un.add_argument(
+        "--holdout",
+        help="with --audit and --forget: jsonl of non-member sequences never trained on (MIA)",
+    )
+    add_audit_flag(un, "the edited model into OUT/audit.json", "1e-4,3e-4,1e-3")
     add_runtime_args(un)
     un.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     un.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -63,6 +74,12 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError("--batch-size must be positive")
     prefix_len, suffix_len = resolve_window(args.window, args.prefix_len, args.suffix_len)
+    audit_requested(args)
+    if args.holdout is not None and not args.audit:
+        raise UserError("--holdout is read by the audit; add --audit")
+    if args.holdout is not None and args.forget is None:
+        raise UserError("--holdout goes with --forget; a TinyMem run supplies its own non-members")
+    config = audit_config_from_args(args, prefix="audit-") if args.audit else None
     record = unlearn(
         args.model,
         args.method,
@@ -101,4 +118,23 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
             print(f"  {key:<20}{before[key]:>10{fmt}}{after[key]:>10{fmt}}")
     print(f"  changed {res['changed_fraction']:.2%} of {res['changed_unit']}", end="")
     print("" if record["score"] is None else f"   score {record['score']:+.3f} (lower is better)")
+    if config is not None:
+        _audit(args, config)
     return 0
+
+
+def _audit(args: argparse.Namespace, config) -> None:
+    """Audit the edited model in OUT (its run.json names the original and the forget rows)."""
+    from ..audit.pipeline import audit_summary, load_audit, run_audit
+
+    inputs = load_audit(
+        args.out,
+        holdout=args.holdout,
+        dtype=resolve_dtype(args.dtype),
+        device=resolve_device(args.device),
+    )
+    report, notes = run_audit(inputs, config, args.out, progress=not args.no_progress)
+    for note in notes:
+        print(f"  {note}")
+    print(f"  audit: {audit_line(audit_summary(report.to_dict()))}")
+    print(f"  audit: {args.out}/audit.json   card: unmemorize report {args.out}")

@@ -20,7 +20,12 @@ restor      ``summary.json`` with ``clean`` and ``corrupted``              ``unm
 <any>       ``summary.json`` naming a registered ``benchmark``             that benchmark
 train       ``run.json`` with ``"kind": "train"`` + ``history.json``       ``unmemorize train``
 unlearn     ``run.json`` with ``"kind": "unlearn"``                        ``unmemorize unlearn``
+audit       ``audit.json`` alone                                           ``unmemorize audit``
 ==========  ============================================================  =====================
+
+A directory that also holds an ``audit.json`` (``unlearn --audit``, ``audit --out`` the run
+itself) gets the removal card (:mod:`unmemorize.report.audit`) in its section; a demo or sweep run
+with ``--audit`` gets the per-method removal table.
 
 A directory holding none of these but whose sub-directories do (``runs/``) stands for those
 sub-directories, in name order. Figures get ids ``fig-<name>-<section number>`` (``fig-pareto-1``,
@@ -39,6 +44,7 @@ from typing import Any
 
 from ..io import atomic_dir, atomic_write_text, check_writable
 from ..io import read_json as safe_read_json
+from .audit import add_removal_card
 from .sections import (
     KIND_LABELS,
     Figure,
@@ -53,8 +59,12 @@ log = logging.getLogger(__name__)
 
 RUN_FILES_HINT = (
     "a run directory holds summary.json (from `unmemorize demo`, `sweep` or `restor`) or "
-    "run.json (from `unmemorize train` or `unlearn`)"
+    "run.json (from `unmemorize train` or `unlearn`) or audit.json (from `unmemorize audit`)"
 )
+
+AUDIT_FILE = "audit.json"
+"""What ``unmemorize audit`` writes (:data:`unmemorize.audit.AUDIT_JSON`; not imported here so
+that reading reports does not load torch)."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,13 @@ def detect(path: Path, *, strict: bool = True) -> tuple[str, dict] | None:
             log.info("skipping %s: a run.json of kind %r", path, kind)
             return None
         raise ValueError(f"{run} is not a train or unlearn run.json (kind {kind!r})")
+    if (path / AUDIT_FILE).is_file():
+        data = read_json(path / AUDIT_FILE)
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"{path / AUDIT_FILE} holds a JSON {type(data).__name__}, not an audit"
+            )
+        return "audit", data
     return None
 
 
@@ -169,6 +186,8 @@ def section_label(kind: str, record: dict) -> str:
     """``TinyMem sweep``, ``RESTOR benchmark``, ``training run``, ...: what a directory holds."""
     if kind in ("train", "unlearn"):
         return KIND_LABELS[kind]
+    if kind == "audit":
+        return "audit"
     name = summary_benchmark(kind, record)
     if name in ("tinymem", "restor") and kind in KIND_LABELS:
         return KIND_LABELS[kind]
@@ -181,6 +200,8 @@ def build_section(index: int, path: Path, kind: str, record: dict) -> Section:
 
     label = section_label(kind, record)
     title = f"{index}. {path} ({label})"
+    if kind == "audit":
+        return add_removal_card(Section(index, title, "audit"), {}, record)
     if kind not in ("train", "unlearn"):
         try:
             benchmark = get_benchmark(summary_benchmark(kind, record))
@@ -188,13 +209,17 @@ def build_section(index: int, path: Path, kind: str, record: dict) -> Section:
             raise ValueError(f"{path / 'summary.json'}: {err}") from None
     try:
         if kind not in ("train", "unlearn"):
-            return benchmark.report_section(index, title, record, path=path)
-        if kind == "train":
+            section = benchmark.report_section(index, title, record, path=path)
+        elif kind == "train":
             history_file = path / "history.json"
             history = read_json(history_file) if history_file.is_file() else None
-            return train_section(index, title, record, history)
-        return unlearn_section(index, title, record)
-    except (KeyError, TypeError, IndexError) as err:
+            section = train_section(index, title, record, history)
+        else:
+            section = unlearn_section(index, title, record)
+        audit_file = path / AUDIT_FILE
+        audit = read_json(audit_file) if audit_file.is_file() else None
+        return add_removal_card(section, record, audit)
+    except (KeyError, TypeError, IndexError, AttributeError) as err:
         what = "run.json" if kind in ("train", "unlearn") else "summary.json"
         raise ValueError(
             f"{path / what} does not have the layout of a {label} ({type(err).__name__}"

@@ -60,6 +60,13 @@ class TrialTask:
     """``module:qualname`` of the method and benchmark classes registered outside unmemorize."""
     settings: str = "default"
     """The benchmark's settings (``default`` / ``paper``): how the base model is prepared."""
+    audit: dict | None = None
+    """Audit the edited model with this AuditConfig dict (None: no audit)."""
+    auditor: str = ""
+    """``module:function`` of the audit hook, ``(benchmark, prepared, model, row, config, out) ->
+    summary`` (named by the caller of the sweep: the sweep layer does not import the audit)."""
+    rank_by: str = "score"
+    """``audited``: the row's score becomes score + its "returns after relearning" fraction."""
 
 
 def trial_output(sweep_dir: str | Path, key: str) -> Path:
@@ -75,18 +82,24 @@ def plugin_refs(classes: list[type]) -> tuple[str, ...]:
     )
 
 
-def _register_plugins(refs: tuple[str, ...]) -> None:
-    """Import and register the plugin classes a spawned worker does not know yet."""
+def _resolve(ref: str):
+    """The object ``module:qualname`` names."""
     import importlib
 
+    module, _, qualname = ref.partition(":")
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _register_plugins(refs: tuple[str, ...]) -> None:
+    """Import and register the plugin classes a spawned worker does not know yet."""
     from ..benchmarks import BENCHMARKS, Benchmark
     from ..methods import METHODS
 
     for ref in refs:
-        module, _, qualname = ref.partition(":")
-        obj = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
+        obj = _resolve(ref)
         registry = BENCHMARKS if issubclass(obj, Benchmark) else METHODS
         if obj.name not in registry:
             registry.register(obj)
@@ -135,6 +148,13 @@ def run_trial(task: TrialTask) -> dict[str, Any]:
         return {**row, "status": "failed"}
     row["status"] = "complete"
     out.mkdir(parents=True, exist_ok=True)
+    if task.audit is not None:
+        hook = _resolve(task.auditor)
+        row["audit"] = hook(bench, prepared, result.model, row, dict(task.audit), out)
+        back = row["audit"].get("returned_fraction")
+        if task.rank_by == "audited" and back is not None:
+            row["unaudited_score"] = row["score"]
+            row["score"] = row["score"] + back
     atomic_write_json(out / "run.json", {"kind": "sweep-trial", **row})
     return row
 

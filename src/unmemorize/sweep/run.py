@@ -42,6 +42,9 @@ from .tpe import DEFAULT_TPE_TRIALS, TpeProposer
 
 log = logging.getLogger(__name__)
 
+RANK_BY = ("score", "audited")
+"""How a sweep ranks its trials (:attr:`SweepSpec.rank_by`)."""
+
 
 @dataclass
 class SweepSpec:
@@ -71,9 +74,21 @@ class SweepSpec:
     settings: str = "default"
     """The benchmark's settings (``--settings``): their method defaults are already in
     :attr:`space`; their switches prepare the base model of every trial."""
+    audit: dict | None = None
+    """Audit every trial with this :class:`~unmemorize.audit.AuditConfig` (as a dict); None =
+    no audit. The audit runs in the worker through the hook ``run_sweep`` is given."""
+    rank_by: str = "score"
+    """``score`` (the benchmark's score) or ``audited``: the score plus the trial's "returns
+    after relearning" fraction (0 to 1), so that a run that hides rather than removes loses."""
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        # sweeps without an audit keep the id they had before these fields existed
+        if d["audit"] is None:
+            del d["audit"]
+        if d["rank_by"] == "score":
+            del d["rank_by"]
+        return d
 
     def base(self) -> dict[str, Any]:
         """The base-model settings a benchmark reads (:meth:`~unmemorize.benchmarks.Benchmark.check_base`)."""
@@ -108,6 +123,8 @@ def make_spec(
     model: str | Path | None = None,
     seed: int = 0,
     settings: str | None = None,
+    audit: dict | None = None,
+    rank_by: str = "score",
 ) -> SweepSpec:
     """Validate a sweep's settings (before any work) and resolve its search space.
 
@@ -118,6 +135,8 @@ def make_spec(
         settings: the benchmark's ``default`` or ``paper`` settings: a named space is replaced as
             they say (TinyMem ``cpu-mini`` -> ``paper``), their method defaults are put under every
             point (:func:`with_settings`).
+        audit: audit every trial with this AuditConfig dict (see :attr:`SweepSpec.audit`).
+        rank_by: ``score`` or ``audited`` (needs ``audit``).
 
     Raises:
         ValueError: unknown benchmark/preset/method/option, bad values, empty grid, bad model dir.
@@ -127,6 +146,10 @@ def make_spec(
     bench = get_benchmark(benchmark)  # unknown names raise with a suggestion
     if trials is not None and trials < 1:
         raise ValueError(f"--trials must be at least 1, got {trials}")
+    if rank_by not in RANK_BY:
+        raise ValueError(f"--rank-by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
+    if rank_by == "audited" and audit is None:
+        raise ValueError("--rank-by audited ranks by the audit's findings; add --audit")
     chosen = bench.get_settings(settings)
     if space is None:
         space = bench.default_space
@@ -148,6 +171,8 @@ def make_spec(
         model=model,
         seed=seed,
         settings=chosen.name,
+        audit=None if audit is None else dict(audit),
+        rank_by=rank_by,
     )
     bench.check_base(spec.base())
     return spec
@@ -292,6 +317,7 @@ def run_sweep(
     gpus_per_trial: float = 0,
     overwrite: bool = False,
     progress: bool = True,
+    auditor: str | None = None,
 ) -> dict:
     """Run (or continue) a sweep in ``out``; returns the summary (also in ``out/summary.json``).
 
@@ -307,6 +333,9 @@ def run_sweep(
         cpus_per_trial, gpus_per_trial: Ray resource request of each trial.
         overwrite: discard a different sweep found in ``out``.
         progress: show a progress bar.
+        auditor: ``module:function`` of the audit hook each worker calls when ``spec.audit`` is
+            set (``unmemorize.audit.pipeline:audit_trial``; the sweep layer does not import the
+            audit, its caller names it).
 
     Raises:
         FileExistsError: ``out`` holds something else, or another coordinator runs there.
@@ -321,6 +350,8 @@ def run_sweep(
         raise ValueError(f"unknown backend {backend!r}: choose local or ray")
     if workers is not None and workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
+    if spec.audit is not None and not auditor:
+        raise ValueError("this sweep audits its trials: pass the audit hook (auditor=...)")
     meta_path = out / "sweep.json"
     resuming = meta_path.is_file() and not overwrite
     if resuming:
@@ -354,7 +385,7 @@ def run_sweep(
                 else RayBackend(ray_address, workers, cpus_per_trial, gpus_per_trial)
             )
             try:
-                _execute(spec, out, store, runner, model_dir, baseline, planned, progress)
+                _execute(spec, out, store, runner, model_dir, baseline, planned, progress, auditor)
             finally:
                 runner.shutdown()
             return write_summary(out, store=store, seconds=time.perf_counter() - t0)
@@ -371,7 +402,9 @@ def _plugins(spec: SweepSpec) -> tuple[str, ...]:
     return plugin_refs([*(METHODS.get(m) for m in spec.methods), BENCHMARKS.get(spec.benchmark)])
 
 
-def _execute(spec, out, store, runner, model_dir, baseline, planned, progress) -> None:
+def _execute(
+    spec, out, store, runner, model_dir, baseline, planned, progress, auditor=None
+) -> None:
     """The scheduling loop: keep ``runner.slots`` trials in flight, record each as it returns."""
     from tqdm.auto import tqdm
 
@@ -435,6 +468,9 @@ def _execute(spec, out, store, runner, model_dir, baseline, planned, progress) -
                     benchmark=spec.benchmark,
                     plugins=plugins,
                     settings=spec.settings,
+                    audit=spec.audit,
+                    auditor=auditor or "",
+                    rank_by=spec.rank_by,
                 )
                 inflight[runner.submit(task)] = item
             if not inflight:

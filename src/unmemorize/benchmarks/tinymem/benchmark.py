@@ -34,11 +34,13 @@ class TinyMemState:
         data: the run's data (memorization candidates, test sets).
         forget_index: indices into ``data.memorization`` of the rows the unedited model memorized.
         legacy_accuracy: pad-included accuracy (the settings' switch).
+        tokenizer: the run's tokenizer when known (text runs need it to draw audit holdout rows).
     """
 
     data: TinyMemData
     forget_index: torch.Tensor
     legacy_accuracy: bool = False
+    tokenizer: Any = None
 
 
 @BENCHMARKS.register
@@ -78,7 +80,11 @@ class TinyMemBenchmark(Benchmark):
     # -- preparing ----------------------------------------------------------------------------
 
     def prepare(
-        self, model: PreTrainedModel, data: TinyMemData, settings: str | None = None
+        self,
+        model: PreTrainedModel,
+        data: TinyMemData,
+        settings: str | None = None,
+        tokenizer: Any = None,
     ) -> Prepared:
         """The unlearning sets and baseline of ``model`` on its run's ``data``.
 
@@ -101,17 +107,19 @@ class TinyMemBenchmark(Benchmark):
         )
         forget_index = report.memorized_indices()
         baseline = evaluate_edit(model, data, forget_index, report, legacy_accuracy=legacy)
-        return Prepared(model, unlearn_data, baseline, TinyMemState(data, forget_index, legacy))
+        return Prepared(
+            model, unlearn_data, baseline, TinyMemState(data, forget_index, legacy, tokenizer)
+        )
 
     def load(self, model_dir: str, *, device: str = "cpu", settings: str | None = None) -> Prepared:
         """A TinyMem run directory (``unmemorize train`` / ``demo``) ready for unlearning."""
         from .experiment import load_run
 
-        model, _tokenizer, data = load_run(model_dir)
+        model, tokenizer, data = load_run(model_dir)
         if data is None:
             raise ValueError(f"{model_dir} has no TinyMem data/ directory")
         model.to(device)
-        return self.prepare(model, data, settings)
+        return self.prepare(model, data, settings, tokenizer)
 
     def check_base(self, base: Mapping[str, Any]) -> None:
         from .experiment import make_experiment
@@ -161,6 +169,14 @@ class TinyMemBenchmark(Benchmark):
         """Memorized share against accuracy (math tasks) or perplexity (text)."""
         text = bool(experiment) and experiment.get("task") == "text"
         return "memorized_fraction", "perplexity" if text else "accuracy"
+
+    def audit_sets(self, prepared: Prepared) -> dict[str, Any]:
+        """Every memorization candidate, fresh noised twins as non-members, the clean training
+        rows and the test sets (:func:`~.audit_sets.tinymem_audit_sets`)."""
+        from .audit_sets import tinymem_audit_sets
+
+        state: TinyMemState = prepared.state
+        return tinymem_audit_sets(state.data, tokenizer=state.tokenizer)
 
     # -- presenting ---------------------------------------------------------------------------
 

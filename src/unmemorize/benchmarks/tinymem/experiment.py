@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -39,6 +39,9 @@ from .data import TinyMemData
 from .math_data import MathDataConfig, make_math_data
 from .text_data import TextDataConfig, make_text_data
 from .train import TrainConfig, evaluate, latest_checkpoint, train
+
+if TYPE_CHECKING:
+    from ..runner import Auditor
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +331,7 @@ def run_methods(
     *,
     progress: bool = True,
     settings: str | None = None,
+    audit: Auditor | None = None,
 ) -> tuple[dict, list[dict]]:
     """Apply every point of ``space`` to ``model`` and measure each edited model.
 
@@ -346,12 +350,13 @@ def run_methods(
     Raises:
         NothingToUnlearnError: when the model memorizes none of the candidates.
     """
-    from ..runner import grid_jobs, run_jobs
+    from ..runner import BestEdits, grid_jobs, run_jobs
     from .benchmark import TinyMemBenchmark
 
     bench = TinyMemBenchmark()
     chosen = bench.get_settings(settings)
     prepared = bench.prepare(model, data, chosen.name)
+    kept = BestEdits() if audit is not None else None
     runs = run_jobs(
         grid_jobs(bench.space() if space is None else space, methods, chosen),
         model,
@@ -359,8 +364,16 @@ def run_methods(
         lambda edited: bench.evaluate(edited, prepared),
         score=lambda metrics: bench.score(prepared.baseline, metrics),
         progress=progress,
+        on_result=kept,
     )
-    return prepared.baseline, rank(runs)
+    ranked = rank(runs)
+    if audit is not None:
+        prepared.baseline["audit"] = audit(model, prepared, None)
+        for row in best_per(ranked):
+            edited = kept.model(row)
+            if edited is not None:  # a method whose every run diverged has nothing to audit
+                row["audit"] = audit(edited, prepared, row)
+    return prepared.baseline, ranked
 
 
 def run_demo(
@@ -373,6 +386,7 @@ def run_demo(
     device: str | torch.device = "cpu",
     settings: str | None = None,
     task: str = "increment",
+    audit: Auditor | None = None,
 ) -> dict:
     """The main job: cpu-mini data, train, measure, then every mitigation method; ``summary.json``.
 
@@ -384,6 +398,8 @@ def run_demo(
         methods: run only these methods (default: every method of TinyMem's ``demo`` space; a
             method it does not name runs with its defaults); an empty tuple skips unlearning.
         device: where to train and unlearn (``cpu``, ``cuda``, ``cuda:N``).
+        audit: audit the unedited model and each method's best run (see :func:`run_methods`);
+            the summary then records the audit's wall time under ``"audit"``.
 
     Returns:
         The summary: ``{"baseline": {...}, "methods": {name: {"memorized_fraction", "accuracy",
@@ -410,9 +426,26 @@ def run_demo(
         "model_dir": str(run.out),
         "train_seconds": run.seconds,
     }
+    audit_seconds: list[float] = []
+    timed_audit = None
+    if audit is not None:
+
+        def timed_audit(model, prepared, row):
+            start = time.perf_counter()
+            try:
+                return audit(model, prepared, row)
+            finally:
+                audit_seconds.append(time.perf_counter() - start)
+
     try:
         baseline, runs = run_methods(
-            run.model, run.data, space, names, progress=progress, settings=chosen.name
+            run.model,
+            run.data,
+            space,
+            names,
+            progress=progress,
+            settings=chosen.name,
+            audit=timed_audit,
         )
     except NothingToUnlearnError as err:
         log.warning("%s", err)
@@ -426,6 +459,8 @@ def run_demo(
     summary["baseline"] = baseline
     summary["methods"] = {row["method"]: row for row in best_per(runs)}
     summary["runs"] = runs
+    if audit is not None:
+        summary["audit"] = {"seconds": sum(audit_seconds), "n_audited": len(audit_seconds)}
     summary["seconds"] = time.perf_counter() - t0
     summary["environment"] = environment()
     atomic_write_json(out / "summary.json", summary)
