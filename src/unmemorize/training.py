@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from transformers import PreTrainedModel
 
+from . import tracking
 from .metrics.losses import sequence_losses
 from .runtime import adamw
 
@@ -49,6 +50,9 @@ def train_on_batches(
     Used for RESTOR's clean pre-training and corruption, where data come from a stream rather
     than a fixed TinyMem training set.
 
+    With an active tracking run (:mod:`unmemorize.tracking`), each step's loss and learning rate
+    are logged as ``<desc>/loss`` and ``<desc>/lr``.
+
     Returns:
         The loss of every step.
 
@@ -78,6 +82,9 @@ def train_on_batches(
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
+            tracking.log_scalars(
+                {"loss": losses[-1], "lr": optimizer.param_groups[0]["lr"]}, step, prefix=desc
+            )
             if bar is not None:
                 bar.update(1)
                 if step % 20 == 0:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runtime import add_runtime_args, resolve_device, resolve_dtype
-from .common import add_run_options
+from .common import add_run_options, add_track_args, tracked
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="with --model: retain documents (default: QA lines about non-target people)",
     )
     add_runtime_args(rs, what="--model")
+    add_track_args(rs)
     add_run_options(rs)
     rs.set_defaults(handler=cmd_restor)
 
@@ -91,6 +92,7 @@ def cmd_restor(args: argparse.Namespace) -> int:
         run_restor,
         run_restor_on_model,
     )
+    from ..config import to_dict
 
     methods = None
     if args.methods is not None:
@@ -103,9 +105,14 @@ def cmd_restor(args: argparse.Namespace) -> int:
             if getattr(args, flag):
                 raise UserError(f"--{flag} needs --model (the synthetic world brings its own data)")
         print(f"unmemorize restor: {cfg.preset} world, level {cfg.unlearn.level} -> {args.out}/")
-        summary = run_restor(
-            args.out, cfg, methods=methods, overwrite=args.overwrite, progress=not args.no_progress
-        )
+        with tracked(args, "restor", args.out, config=to_dict(cfg)):
+            summary = run_restor(
+                args.out,
+                cfg,
+                methods=methods,
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+            )
     else:
         if not args.facts or not args.docs:
             raise UserError("--model needs --facts FILE and --docs FILE (RESTOR format)")
@@ -117,17 +124,18 @@ def cmd_restor(args: argparse.Namespace) -> int:
             forget=args.forget,
             simplified=args.simplified,
         )
-        summary = run_restor_on_model(
-            args.model,
-            task,
-            args.out,
-            cfg,
-            methods=methods,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-            dtype=resolve_dtype(args.dtype),
-            device=resolve_device(args.device),
-        )
+        with tracked(args, "restor", args.out, config=to_dict(cfg)):
+            summary = run_restor_on_model(
+                args.model,
+                task,
+                args.out,
+                cfg,
+                methods=methods,
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+                dtype=resolve_dtype(args.dtype),
+                device=resolve_device(args.device),
+            )
     print()
     print(format_restor_table(summary))
     print(

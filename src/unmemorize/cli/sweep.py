@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .common import add_track_args, tracked
+
 EPILOG = """\
 search spaces:
   --space cpu-mini   2-6 points per method that suit the cpu-mini model (default)
@@ -66,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--cpus-per-trial", type=float, default=1, help="Ray: CPUs per trial")
     p.add_argument("--gpus-per-trial", type=float, default=0, help="Ray: GPUs per trial")
+    add_track_args(p)
     p.add_argument("--overwrite", action="store_true", help="discard a different sweep in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument(
@@ -124,18 +127,19 @@ def cmd_sweep(args) -> int:
             seed=args.seed,
         )
         print(f"unmemorize sweep: {', '.join(spec.methods)} ({spec.search}) into {out}/")
-    summary = run_sweep(
-        spec,
-        out,
-        storage=args.storage,
-        backend=args.backend,
-        workers=args.workers,
-        ray_address=args.ray_address,
-        cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
+    with tracked(args, "sweep", out, config=spec.to_dict()):
+        summary = run_sweep(
+            spec,
+            out,
+            storage=args.storage,
+            backend=args.backend,
+            workers=args.workers,
+            ray_address=args.ray_address,
+            cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
     counts = summary["counts"]
     print()
     print(

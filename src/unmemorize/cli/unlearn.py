@@ -6,6 +6,7 @@ import argparse
 
 from ..errors import UserError
 from ..runtime import add_runtime_args, resolve_device, resolve_dtype
+from .common import add_track_args, tracked
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     un.add_argument("--suffix-len", type=int, help="K for --forget files (default 32)")
     un.add_argument("--batch-size", type=int, default=512, help="sequences per metric pass")
     add_runtime_args(un)
+    add_track_args(un)
     un.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     un.add_argument("--no-progress", action="store_true", help="hide progress bars")
     un.add_argument(
@@ -54,22 +56,24 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be positive")
-    record = unlearn(
-        args.model,
-        args.method,
-        args.out,
-        overrides=args.overrides,
-        forget=args.forget,
-        retain=args.retain,
-        eval_file=args.eval_file,
-        prefix_len=args.prefix_len,
-        suffix_len=args.suffix_len,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        batch_size=args.batch_size,
-        dtype=resolve_dtype(args.dtype),
-        device=resolve_device(args.device),
-    )
+    config = {"model": args.model, "method": args.method, "overrides": " ".join(args.overrides)}
+    with tracked(args, "unlearn", args.out, config=config):
+        record = unlearn(
+            args.model,
+            args.method,
+            args.out,
+            overrides=args.overrides,
+            forget=args.forget,
+            retain=args.retain,
+            eval_file=args.eval_file,
+            prefix_len=args.prefix_len,
+            suffix_len=args.suffix_len,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            batch_size=args.batch_size,
+            dtype=resolve_dtype(args.dtype),
+            device=resolve_device(args.device),
+        )
     from ..distributed import is_main_process
 
     if not is_main_process():

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
+from ... import tracking
 from ...io import atomic_dir, atomic_write_json, read_json
 from ...metrics import MemorizationReport, evaluate_utility, measure_memorization
 from ...metrics.losses import sequence_losses
@@ -176,6 +177,9 @@ def train(
         progress: show a progress bar (loss, memorization, accuracy).
         on_checkpoint: called with each evaluation record.
 
+    With an active tracking run (:mod:`unmemorize.tracking`), every epoch's mean loss is logged as
+    ``train/loss`` and every evaluation record's metrics as ``train/<metric>``, at the epoch.
+
     Raises:
         TrainingDivergedError: the loss became NaN/inf (the last good checkpoint is kept).
     """
@@ -258,11 +262,17 @@ def train(
                 n_batches += 1
                 step += 1
             done = epoch + 1
+            tracking.log_scalars({"loss": loss_sum / max(1, n_batches)}, done, prefix="train")
             if done % cfg.checkpoint_every == 0 or done == cfg.epochs:
                 record = {"epoch": done, "step": step, "train_loss": loss_sum / max(1, n_batches)}
                 record.update(evaluate(model, data, cfg.eval_batch_size))
                 record["seconds"] = seconds_before + time.perf_counter() - t0
                 history.append(record)
+                tracking.log_scalars(
+                    {k: v for k, v in record.items() if k not in ("epoch", "step")},
+                    done,
+                    prefix="train",
+                )
                 _save_checkpoint(
                     out, done, model, optimizer, regularizer, history, cfg.keep_checkpoints
                 )
