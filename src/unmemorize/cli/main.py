@@ -36,6 +36,7 @@ COMMANDS: tuple[str, ...] = (
     "sweep",
     "mine",
     "report",
+    "eval",
 )
 
 EXAMPLES = """\
@@ -48,6 +49,7 @@ examples:
   unmemorize unlearn --model unmemorize-demo/model --method balanced_subnet --out runs/bs
   unmemorize ls methods                             every method, its paper and its options
   unmemorize restor --out runs/restor               corrupt, unlearn, measure what comes back
+  unmemorize eval --model runs/bs --original unmemorize-demo/model --tasks hellaswag --out runs/e
   unmemorize restor stats --facts facts.json --entities entities.json --docs mix_a0.json
 """
 
