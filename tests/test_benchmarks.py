@@ -152,3 +152,32 @@ def test_memorization_load(capsys):
             assert got[f"peak_rss_mb_{path}_{n}"] > 0 and f"growth_mb_{path}_{n}" in got
     assert re.search(r"^stream\s+80\s+8\s", out, re.M)  # 8 planted rows found
     assert re.search(r"^measure\s+80\s+8\s", out, re.M)
+
+
+def test_gpu_check_runs_on_cpu_at_tiny_shapes(tmp_path, capsys):
+    """The one-command GPU check keeps working in CI: every step on tiny CPU shapes."""
+    rows = load("gpu_check").main(["--out", str(tmp_path), "--tiny", "--device", "cpu"])
+    steps = [r["step"] for r in rows]
+    assert steps == ["memorization"] * 2 + ["mining"] + ["method"] * 4 + ["training"]
+    for r in rows[:2]:  # the one-pass check agrees with generate on every row
+        assert r["identical_verdicts"] and r["memorized"] > 0
+    assert [r["method"] for r in rows if r["step"] == "method"] == [
+        "balanced_subnet", "npo", "npo (LoRA r=8)", "durable",
+    ]  # fmt: skip
+    assert all(r["error"] is None and r["seconds"] > 0 for r in rows if r["step"] == "method")
+    assert rows[-1]["tokens_per_s"] > 0 and 0 < rows[-1]["mfu"]
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert table.count("\n| ") == len(rows) + 2  # header, rule, one line per row
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["tiny"] is True
+    assert "gpu_check.md" in capsys.readouterr().out
+
+
+def test_compile_speed_reports_identical_results(capsys):
+    """--compile's benchmark: the ratio for each workload, identical verdicts and losses."""
+    pytest.importorskip("torch._inductor")
+    rows = load("compile_speed").main(
+        ["--layers", "1", "--d-model", "32", "--rows", "8", "--steps", "2", "--repeats", "1"]
+        + ["--batch-size", "4", "--prefix-len", "8", "--suffix-len", "8"]
+    )
+    assert [r["workload"] for r in rows] == ["memorization pass", "training steps", "npo steps"]
+    assert all(r["identical"] and r["ratio"] > 0 for r in rows)

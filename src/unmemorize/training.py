@@ -14,7 +14,7 @@ from transformers import PreTrainedModel
 
 from . import tracking
 from .metrics.losses import sequence_losses
-from .runtime import adamw
+from .runtime import adamw, compiled
 
 
 class TrainingDivergedError(RuntimeError):
@@ -63,6 +63,7 @@ def train_on_batches(
     optimizer = adamw(params, lr=lr, weight_decay=weight_decay, betas=betas)
     device = next(model.parameters()).device
     model.train()
+    forward = compiled(model)  # the model itself unless --compile
     losses: list[float] = []
     bar = None
     if progress:
@@ -73,7 +74,7 @@ def train_on_batches(
         for step in range(steps):
             for group in optimizer.param_groups:
                 group["lr"] = lr * warmup_cosine(step, steps, warmup, lr_floor)
-            loss = sequence_losses(model, batches(step).to(device), pad_id).mean()
+            loss = sequence_losses(forward, batches(step).to(device), pad_id).mean()
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
                     f"{desc}: loss became {loss.item()} at step {step + 1}; lower the learning rate"

@@ -116,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quiet_transformers()
     try:
-        return args.handler(args) or 0
+        from ..runtime import compiling
+
+        with compiling(getattr(args, "compile", False)):
+            return args.handler(args) or 0
     except BrokenPipeError:  # e.g. `unmemorize ls keys | head`
         sys.stderr.close()
         return 0

@@ -30,6 +30,7 @@ from ... import tracking
 from ...io import atomic_dir, atomic_write_json, read_json
 from ...metrics import MemorizationReport, evaluate_utility, measure_memorization
 from ...metrics.losses import sequence_losses
+from ...runtime import compiled
 from ...training import TrainingDivergedError
 from .data import TinyMemData
 
@@ -225,6 +226,7 @@ def train(
     step = start_epoch * steps_per_epoch
     train_ids = data.train_ids
     device = next(model.parameters()).device
+    forward = compiled(model)  # the model itself unless --compile
     try:
         for epoch in range(start_epoch, cfg.epochs):
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
@@ -236,7 +238,7 @@ def train(
                     group["lr"] = lr_at(step)
                 if regularizer is not None:
                     regularizer.set_batch(idx)
-                per_seq = sequence_losses(model, train_ids[idx].to(device), data.pad_id)
+                per_seq = sequence_losses(forward, train_ids[idx].to(device), data.pad_id)
                 loss = None if regularizer is None else regularizer.reduce(per_seq)
                 if loss is None:
                     loss = per_seq.mean()
