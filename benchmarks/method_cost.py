@@ -227,11 +227,18 @@ def _load_pythia(size: str, dtype: str, forget: int, retain: int, seq_len: int):
     import torch
 
     from unmemorize.benchmarks.shapes import random_pythia
-    from unmemorize.methods import UnlearnData
 
     model = random_pythia(size, dtype=getattr(torch, dtype))
+    return model, pythia_data(model.config.vocab_size, forget, retain, seq_len)
+
+
+def pythia_data(vocab: int, forget: int, retain: int, seq_len: int):
+    """Random forget/retain rows over ``vocab`` (forget rows' clean twins differ in the 2nd half)."""
+    import torch
+
+    from unmemorize.methods import UnlearnData
+
     g = torch.Generator().manual_seed(0)
-    vocab = model.config.vocab_size
     forget_ids = torch.randint(2, vocab, (forget, seq_len), generator=g)
     clean = forget_ids.clone()
     clean[:, seq_len // 2 :] = torch.randint(
@@ -244,7 +251,7 @@ def _load_pythia(size: str, dtype: str, forget: int, retain: int, seq_len: int):
         forget_prefix_len=torch.full((forget,), seq_len // 2),
         forget_clean_ids=clean,
     )
-    return model, data
+    return data
 
 
 def measure_method(job: dict) -> dict:

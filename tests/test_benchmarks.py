@@ -152,3 +152,35 @@ def test_memorization_load(capsys):
             assert got[f"peak_rss_mb_{path}_{n}"] > 0 and f"growth_mb_{path}_{n}" in got
     assert re.search(r"^stream\s+80\s+8\s", out, re.M)  # 8 planted rows found
     assert re.search(r"^measure\s+80\s+8\s", out, re.M)
+
+
+def test_gpu_check_runs_on_cpu_at_tiny_shapes(tmp_path, capsys):
+    """The one-command GPU check keeps working in CI: every step on tiny CPU shapes."""
+    rows = load("gpu_check").main(["--out", str(tmp_path), "--tiny", "--device", "cpu"])
+    steps = [r["step"] for r in rows]
+    assert steps == ["memorization"] * 2 + ["mining"] + ["method"] * 4 + ["training"]
+    for r in rows[:2]:  # the one-pass check agrees with generate on every row
+        assert r["identical_verdicts"] and r["memorized"] > 0
+    assert [r["method"] for r in rows if r["step"] == "method"] == [
+        "balanced_subnet", "npo", "npo (LoRA r=8)", "durable",
+    ]  # fmt: skip
+    assert all(r["error"] is None and r["seconds"] > 0 for r in rows if r["step"] == "method")
+    assert rows[-1]["tokens_per_s"] > 0 and 0 < rows[-1]["mfu"]
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert table.count("\n| ") == len(rows) + 2  # header, rule, one line per row
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["tiny"] is True
+    assert "gpu_check.md" in capsys.readouterr().out
+
+
+def test_compile_switch_wraps_once_and_shares_parameters():
+    """--compile's switch: the plain model outside ``compiling``, one compiled wrapper inside
+    (lazy: nothing compiles until it is called; benchmarks/compile_speed.py times that)."""
+    from unmemorize.runtime import compiled, compiling
+
+    model = build_model(ModelConfig(n_layers=1, d_model=16, n_heads=2), 20, 0, 0, 0)
+    assert compiled(model) is model
+    with compiling():
+        wrapped = compiled(model)
+        assert wrapped is not model and compiled(model) is wrapped
+        assert all(a is b for a, b in zip(wrapped.parameters(), model.parameters(), strict=True))
+    assert compiled(model) is model

@@ -96,13 +96,19 @@ def test_model_dir_with_a_broken_config_is_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("header", "why"),
+    # the reasons are safetensors.safe_open's (it parses the header since issue 17)
     [
-        (b"[1, 2]", "its header is no JSON object"),
-        (b'{"w": {"dtype": "F32", "shape": "ab", "data_offsets": [0, 4]}}', "no valid shape"),
-        (b'{"w": {"dtype": "F32", "shape": [2, -3]}}', "no valid shape"),
-        (b'{"w": 5}', "no valid shape"),
-        (b"[" * 50_000 + b"]" * 50_000, "unreadable header"),
-        (b"\xff\xfe", "unreadable header"),
+        (b"[1, 2]", "invalid JSON in header: invalid type: sequence"),
+        (
+            b'{"w": {"dtype": "F32", "shape": "ab", "data_offsets": [0, 4]}}',
+            'invalid type: string "ab", expected a sequence',
+        ),
+        (b'{"w": {"dtype": "F32", "shape": [2, -3]}}', "invalid value: integer `-3`"),
+        (b'{"w": 5}', "invalid type: integer `5`, expected struct TensorInfo"),
+        (b"[" * 50_000 + b"]" * 50_000, "invalid JSON in header"),
+        (b"\xff\xfe", "invalid UTF-8 in header"),
+        # a valid header whose byte ranges do not cover the file (the data is missing)
+        (b'{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}', "not fully covered"),
     ],
 )
 def test_hostile_safetensors_header_is_one_line(tmp_path, capsys, header, why):
@@ -111,6 +117,15 @@ def test_hostile_safetensors_header_is_one_line(tmp_path, capsys, header, why):
     (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
     line = one_line_error(capsys, "measure", "--model", tmp_path)
     assert "model.safetensors is not a safetensors file" in line and why in line
+
+
+def test_safetensors_header_size_is_bounded(tmp_path, capsys):
+    """A header length of 1 GB is refused before anything is read (the 100 MB bound)."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (tmp_path / "tokenizer.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", 10**9) + b"{}")
+    line = one_line_error(capsys, "measure", "--model", tmp_path)
+    assert "model.safetensors is not a safetensors file (header too large)" in line
 
 
 def test_torch_load_with_weights_only_refuses_a_pickle_payload(tmp_path):

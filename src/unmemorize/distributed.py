@@ -107,58 +107,34 @@ def shard_rows(n: int, rank: int, size: int) -> torch.Tensor:
     return torch.arange(rank, n, size)
 
 
-def _gather_function():
-    import torch
-    import torch.distributed as dist
-
-    class GatherRows(torch.autograd.Function):
-        """Forward: all-gather strided shards into [n, ...]. Backward: each rank's rows' grad.
-
-        Every rank computes the same loss from the gathered tensor, so the gradient that reaches
-        rank r's rows is the sum over ranks of the upstream gradient at those rows (an
-        all-reduce), i.e. N times the single-process gradient; :func:`average_gradients`
-        divides by N.
-        """
-
-        @staticmethod
-        def forward(ctx, x: torch.Tensor, n: int) -> torch.Tensor:
-            size, rank = dist.get_world_size(), dist.get_rank()
-            per = -(-n // size)
-            ctx.rank, ctx.size = rank, size
-            dev = _comm_device(x.device)
-            local = torch.zeros((per, *x.shape[1:]), dtype=x.dtype, device=dev)
-            local[: len(x)] = x.detach().to(dev)
-            parts = [torch.empty_like(local) for _ in range(size)]
-            dist.all_gather(parts, local)
-            # parts[r][i] is global row i·size + r
-            full = torch.stack(parts, dim=1).reshape(per * size, *x.shape[1:])[:n]
-            ctx.x_device = x.device
-            return full.to(x.device)
-
-        @staticmethod
-        def backward(ctx, grad: torch.Tensor):
-            dev = _comm_device(grad.device)
-            total = grad.detach().to(dev).contiguous().clone()
-            dist.all_reduce(total)
-            return total[ctx.rank :: ctx.size].to(ctx.x_device), None
-
-    return GatherRows
-
-
-_GATHER: Any = None
-
-
 def gather_rows(x: torch.Tensor, n: int) -> torch.Tensor:
     """[n, ...] the global batch from this rank's rows ``rank::N`` ``x`` [n_r, ...] (autograd).
 
     Identity for one process. Every rank must call it in the same order.
+
+    The collective is torch's autograd-aware ``torch.distributed.nn.functional.all_gather``: its
+    backward sends rank r the sum over ranks of the upstream gradient at r's rows (a
+    reduce-scatter; all-to-all + sum on gloo). Every rank computes the same loss from the
+    gathered tensor, so that is N times the single-process gradient; :func:`average_gradients`
+    divides by N. Shards differ in length by at most one row, and all_gather needs equal shapes,
+    so each is zero-padded to ``ceil(n / N)`` rows (the padding rows are cut off again and get no
+    gradient).
     """
     if launched_processes() < 2:
         return x
-    global _GATHER
-    if _GATHER is None:
-        _GATHER = _gather_function()
-    return _GATHER.apply(x, n)
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.nn.functional import all_gather
+
+    size = dist.get_world_size()
+    per = -(-n // size)
+    local = x.to(_comm_device(x.device))
+    if len(local) < per:
+        local = torch.cat([local, local.new_zeros((per - len(local), *x.shape[1:]))])
+    parts = all_gather(local)
+    # parts[r][i] is global row i·size + r
+    full = torch.stack(parts, dim=1).reshape(per * size, *x.shape[1:])[:n]
+    return full.to(x.device)
 
 
 def broadcast_parameters(params: Sequence[torch.Tensor]) -> None:

@@ -18,14 +18,15 @@ One place for the questions every command asks before it touches a production-si
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import logging
 import math
 import os
 import platform
-import struct
 import subprocess
+import weakref
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -117,6 +118,50 @@ def add_runtime_args(
     parser.add_argument(
         "--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)"
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model's forward for training, gradient-method steps and the "
+        "memorization pass (opt-in: compiling costs seconds to minutes up front; needs a C++ "
+        "compiler on CPU); results are unchanged",
+    )
+
+
+_COMPILE: ContextVar[bool] = ContextVar("unmemorize_compile", default=False)
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def compiling(enabled: bool = True):
+    """Within the block, :func:`compiled` hands out ``torch.compile``'d models (``--compile``).
+
+    A switch rather than an argument of every loop: the hot loops (TinyMem's trainer,
+    :func:`unmemorize.training.train_on_batches`, the gradient methods' trainer, the
+    memorization pass) sit several calls below the command that asks for it.
+    """
+    token = _COMPILE.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _COMPILE.reset(token)
+
+
+def compiled(model):
+    """``torch.compile(model)`` (one per model, kept while the model lives) inside
+    :func:`compiling`, else ``model`` itself.
+
+    The compiled module shares the model's parameters, so training through it trains the model;
+    only forward calls go through it (save, load and state dicts use the plain model).
+    """
+    if not _COMPILE.get():
+        return model
+    wrapped = _COMPILED.get(model)
+    if wrapped is None:
+        import torch
+
+        wrapped = torch.compile(model)
+        _COMPILED[model] = wrapped
+    return wrapped
 
 
 def context_length(model) -> int | None:
@@ -187,33 +232,22 @@ def check_window(model, prefix_len: int, suffix_len: int) -> None:
 def safetensors_parameter_count(model_dir: str | Path) -> int:
     """Number of weight elements in a model directory, read from the safetensors headers only.
 
-    A safetensors file starts with an 8-byte little-endian header length and a JSON header that
-    lists every tensor's dtype and shape, so the size is known without reading any weights.
+    A safetensors file starts with an 8-byte header length and a JSON header that lists every
+    tensor's dtype, shape and byte range, so the size is known without reading any weights.
+    ``safetensors.safe_open`` parses and validates it (header at most 100 MB, valid UTF-8/JSON,
+    every shape, byte ranges that cover the file exactly) and maps, not reads, the data.
     """
+    from safetensors import SafetensorError, safe_open
+
     total = 0
     for file in sorted(Path(model_dir).glob("*.safetensors")):
-        with open(file, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise ValueError(f"{file} is not a safetensors file (too short)")
-            (n,) = struct.unpack("<Q", raw)
-            if n > 100_000_000:
-                raise ValueError(f"{file} is not a safetensors file (header of {n} bytes)")
-            try:
-                header = json.loads(f.read(n))
-            except (ValueError, RecursionError):  # bad UTF-8 or JSON, absurd nesting or numbers
-                raise ValueError(f"{file} is not a safetensors file (unreadable header)") from None
-        if not isinstance(header, dict):
-            raise ValueError(f"{file} is not a safetensors file (its header is no JSON object)")
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            shape = info.get("shape") if isinstance(info, dict) else None
-            if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-                raise ValueError(
-                    f"{file} is not a safetensors file (tensor {name!r} has no valid shape)"
-                )
-            total += math.prod(shape)
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                total += sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
+        except SafetensorError as err:
+            reason = str(err).splitlines()[0] if str(err) else "unreadable"
+            reason = reason.removeprefix("Error while deserializing header: ")
+            raise ValueError(f"{file} is not a safetensors file ({reason})") from None
     return total
 
 
@@ -377,6 +411,8 @@ def adamw(params: Iterable[torch.nn.Parameter], **kwargs) -> torch.optim.AdamW:
 
 
 __all__ = [
+    "compiled",
+    "compiling",
     "DEVICE_MAPS",
     "DTYPES",
     "WINDOWS",

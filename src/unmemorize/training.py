@@ -12,8 +12,9 @@ from collections.abc import Callable
 import torch
 from transformers import PreTrainedModel
 
+from . import tracking
 from .metrics.losses import sequence_losses
-from .runtime import adamw
+from .runtime import adamw, compiled
 
 
 class TrainingDivergedError(RuntimeError):
@@ -49,6 +50,9 @@ def train_on_batches(
     Used for RESTOR's clean pre-training and corruption, where data come from a stream rather
     than a fixed TinyMem training set.
 
+    With an active tracking run (:mod:`unmemorize.tracking`), each step's loss and learning rate
+    are logged as ``<desc>/loss`` and ``<desc>/lr``.
+
     Returns:
         The loss of every step.
 
@@ -59,6 +63,7 @@ def train_on_batches(
     optimizer = adamw(params, lr=lr, weight_decay=weight_decay, betas=betas)
     device = next(model.parameters()).device
     model.train()
+    forward = compiled(model)  # the model itself unless --compile
     losses: list[float] = []
     bar = None
     if progress:
@@ -69,7 +74,7 @@ def train_on_batches(
         for step in range(steps):
             for group in optimizer.param_groups:
                 group["lr"] = lr * warmup_cosine(step, steps, warmup, lr_floor)
-            loss = sequence_losses(model, batches(step).to(device), pad_id).mean()
+            loss = sequence_losses(forward, batches(step).to(device), pad_id).mean()
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
                     f"{desc}: loss became {loss.item()} at step {step + 1}; lower the learning rate"
@@ -78,6 +83,9 @@ def train_on_batches(
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
+            tracking.log_scalars(
+                {"loss": losses[-1], "lr": optimizer.param_groups[0]["lr"]}, step, prefix=desc
+            )
             if bar is not None:
                 bar.update(1)
                 if step % 20 == 0:

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from . import tracking
 from .benchmarks.runner import run_method
 from .benchmarks.tinymem.data import TinyMemData
 from .benchmarks.tinymem.unlearn_data import tinymem_unlearn_data
@@ -315,6 +316,7 @@ def unlearn(
         after.update(setup.evaluate(edited))
         return after
 
+    tracking.log_scalars(setup.baseline, 0, prefix="before")
     row, result = run_method(m, setup.model, setup.data, evaluate, progress=progress)
     if result is None:  # the method diverged: nothing is written
         raise MethodDivergedError(row["error"])

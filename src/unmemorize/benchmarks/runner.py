@@ -9,6 +9,11 @@ A *row* is one method configuration applied to one prepared model::
 
 A method that diverges (NaN/inf loss or weights) gives a row with ``"error"`` (and a NaN score)
 instead of metrics; nothing else stops the loop.
+
+With an active tracking run (:mod:`unmemorize.tracking`), each run's per-step training losses
+(``UnlearnResult.losses``) are logged as ``<label>/loss`` after ``apply`` (methods never log
+themselves) and the row's numbers as ``<label>/<metric>``, ``label`` naming the method and its
+options.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+from .. import tracking
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -85,6 +92,12 @@ def run_method(
     if score is not None:
         value = score(metrics)
         row["score"] = math.nan if value is None else value
+    if tracking.active():
+        label = tracking.run_label(method.name, row["overrides"])
+        tracking.log_curve(f"{label}/loss", result.losses)
+        tracking.log_scalars(
+            {k: v for k, v in row.items() if k != "config"}, step=len(result.losses), prefix=label
+        )
     return row, result
 
 

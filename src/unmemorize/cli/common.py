@@ -66,6 +66,40 @@ def add_settings_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_track_args(parser: argparse.ArgumentParser) -> None:
+    """--track / --track-dir: log loss curves and metrics to an experiment tracker."""
+    parser.add_argument(
+        "--track",
+        choices=["tensorboard", "mlflow", "wandb"],
+        help="log loss curves and metrics to TensorBoard, MLflow or W&B (optional extras: "
+        'pip install "unmemorize[tensorboard]" / "unmemorize[mlflow]" / wandb)',
+    )
+    parser.add_argument(
+        "--track-dir",
+        metavar="DIR",
+        help="where --track writes: TensorBoard event files, or a local MLflow store "
+        "file:DIR/mlruns (default: unmemorize-tracking; MLflow: $MLFLOW_TRACKING_URI when set)",
+    )
+
+
+def tracked(args: argparse.Namespace, command: str, out, config=None):
+    """The tracking run of a command (a context manager; nothing when ``--track`` is absent).
+
+    Named ``<command>-<out name>-<time>`` so that re-running a command starts a new run.
+    """
+    import time
+    from pathlib import Path
+
+    from ..tracking import track
+
+    if getattr(args, "track", None) is None and getattr(args, "track_dir", None) is not None:
+        from ..errors import UserError
+
+        raise UserError("--track-dir needs --track tensorboard|mlflow|wandb")
+    name = f"{command}-{Path(str(out)).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return track(getattr(args, "track", None), args.track_dir, run_name=name, config=config)
+
+
 def quiet_transformers() -> None:
     """Silence transformers' info logs and progress bars: the CLI prints its own progress."""
     from transformers.utils import logging as hf_logging

@@ -37,6 +37,7 @@ COMMANDS: tuple[str, ...] = (
     "sweep",
     "mine",
     "report",
+    "eval",
 )
 
 EXAMPLES = """\
@@ -50,6 +51,7 @@ examples:
   unmemorize audit --model runs/bs --out runs/bs     relearning, quantization, sampling, MIA attacks
   unmemorize ls methods                             every method, its paper and its options
   unmemorize restor --out runs/restor               corrupt, unlearn, measure what comes back
+  unmemorize eval --model runs/bs --original unmemorize-demo/model --tasks hellaswag --out runs/e
   unmemorize restor stats --facts facts.json --entities entities.json --docs mix_a0.json
 """
 
@@ -132,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quiet_transformers()
     try:
+        from ..runtime import compiling
+
         load_plugins()
-        return args.handler(args) or 0
+        with compiling(getattr(args, "compile", False)):
+            return args.handler(args) or 0
     except BrokenPipeError:  # e.g. `unmemorize ls keys | head`
         sys.stderr.close()
         return 0

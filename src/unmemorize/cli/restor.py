@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runtime import add_runtime_args, resolve_device, resolve_dtype
-from .common import add_run_options, add_settings_arg
+from .common import add_run_options, add_settings_arg, add_track_args, tracked
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="with --model: retain documents (default: QA lines about non-target people)",
     )
     add_runtime_args(rs, what="--model")
+    add_track_args(rs)
     add_run_options(rs)
     add_settings_arg(rs)
     rs.set_defaults(handler=cmd_restor)
@@ -92,6 +93,7 @@ def cmd_restor(args: argparse.Namespace) -> int:
         run_restor,
         run_restor_on_model,
     )
+    from ..config import to_dict
 
     methods = None
     if args.methods is not None:
@@ -108,14 +110,15 @@ def cmd_restor(args: argparse.Namespace) -> int:
             if getattr(args, flag):
                 raise UserError(f"--{flag} needs --model (the synthetic world brings its own data)")
         print(f"unmemorize restor: {cfg.preset} world, level {cfg.unlearn.level} -> {args.out}/")
-        summary = run_restor(
-            args.out,
-            cfg,
-            methods=methods,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-            settings=args.settings,
-        )
+        with tracked(args, "restor", args.out, config=to_dict(cfg)):
+            summary = run_restor(
+                args.out,
+                cfg,
+                methods=methods,
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+                settings=args.settings,
+            )
     else:
         if not args.facts or not args.docs:
             raise UserError("--model needs --facts FILE and --docs FILE (RESTOR format)")
@@ -127,18 +130,19 @@ def cmd_restor(args: argparse.Namespace) -> int:
             forget=args.forget,
             simplified=args.simplified,
         )
-        summary = run_restor_on_model(
-            args.model,
-            task,
-            args.out,
-            cfg,
-            methods=methods,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-            dtype=resolve_dtype(args.dtype),
-            device=resolve_device(args.device),
-            settings=args.settings,
-        )
+        with tracked(args, "restor", args.out, config=to_dict(cfg)):
+            summary = run_restor_on_model(
+                args.model,
+                task,
+                args.out,
+                cfg,
+                methods=methods,
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+                dtype=resolve_dtype(args.dtype),
+                device=resolve_device(args.device),
+                settings=args.settings,
+            )
     print()
     print(format_restor_table(summary))
     print(

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_audit_flag, add_settings_arg, audit_config_from_args, audit_requested
+from .common import (
+    add_audit_flag,
+    add_settings_arg,
+    add_track_args,
+    audit_config_from_args,
+    audit_requested,
+    tracked,
+)
 
 EPILOG = """\
 search spaces:
@@ -85,6 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_audit_flag(
         p, "every trial (DIR/trials/<key>/audit.json; relearning at lr 1e-4 only)", "1e-4"
     )
+    add_track_args(p)
     p.add_argument("--overwrite", action="store_true", help="discard a different sweep in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument(
@@ -155,19 +163,20 @@ def cmd_sweep(args) -> int:
             rank_by=args.rank_by,
         )
         print(f"unmemorize sweep: {', '.join(spec.methods)} ({spec.search}) into {out}/")
-    summary = run_sweep(
-        spec,
-        out,
-        storage=args.storage,
-        backend=args.backend,
-        workers=args.workers,
-        ray_address=args.ray_address,
-        cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        auditor=AUDIT_HOOK,
-    )
+    with tracked(args, "sweep", out, config=spec.to_dict()):
+        summary = run_sweep(
+            spec,
+            out,
+            storage=args.storage,
+            backend=args.backend,
+            workers=args.workers,
+            ray_address=args.ray_address,
+            cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            auditor=AUDIT_HOOK,
+        )
     counts = summary["counts"]
     print()
     print(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..runtime import add_runtime_args, resolve_device
-from .common import add_run_options
+from .common import add_run_options, add_track_args, tracked
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--variant", default="noise", help="noise | backdoor (default: %(default)s)")
     tr.add_argument("--out", required=True, help="output model directory")
     add_runtime_args(tr, dtype=False)  # a fresh TinyMem model trains in float32
+    add_track_args(tr)
     add_run_options(tr)
     tr.set_defaults(handler=cmd_train)
 
@@ -34,9 +35,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     exp = make_experiment(args.preset, args.task, args.variant, args.overrides)
-    run = train_experiment(
-        exp, args.out, overwrite=args.overwrite, progress=not args.no_progress, device=device
-    )
+    with tracked(args, "train", args.out, config=exp.to_dict()):
+        run = train_experiment(
+            exp, args.out, overwrite=args.overwrite, progress=not args.no_progress, device=device
+        )
     m = run.final
     print(
         f"trained {exp.preset}/{exp.task}/{exp.data.variant} for {exp.train.epochs} epochs "

@@ -15,9 +15,11 @@ from ..runtime import (
 from .common import (
     add_audit_flag,
     add_settings_arg,
+    add_track_args,
     audit_config_from_args,
     audit_line,
     audit_requested,
+    tracked,
 )
 
 
@@ -57,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_audit_flag(un, "the edited model into OUT/audit.json", "1e-4,3e-4,1e-3")
     add_runtime_args(un)
+    add_track_args(un)
     un.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     un.add_argument("--no-progress", action="store_true", help="hide progress bars")
     un.add_argument(
@@ -80,23 +83,29 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     if args.holdout is not None and args.forget is None:
         raise UserError("--holdout goes with --forget; a TinyMem run supplies its own non-members")
     config = audit_config_from_args(args, prefix="audit-") if args.audit else None
-    record = unlearn(
-        args.model,
-        args.method,
-        args.out,
-        overrides=args.overrides,
-        forget=args.forget,
-        retain=args.retain,
-        eval_file=args.eval_file,
-        prefix_len=prefix_len,
-        suffix_len=suffix_len,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        batch_size=args.batch_size,
-        dtype=resolve_dtype(args.dtype),
-        device=resolve_device(args.device),
-        settings=args.settings,
-    )
+    track_config = {
+        "model": args.model,
+        "method": args.method,
+        "overrides": " ".join(args.overrides),
+    }
+    with tracked(args, "unlearn", args.out, config=track_config):
+        record = unlearn(
+            args.model,
+            args.method,
+            args.out,
+            overrides=args.overrides,
+            forget=args.forget,
+            retain=args.retain,
+            eval_file=args.eval_file,
+            prefix_len=prefix_len,
+            suffix_len=suffix_len,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            batch_size=args.batch_size,
+            dtype=resolve_dtype(args.dtype),
+            device=resolve_device(args.device),
+            settings=args.settings,
+        )
     from ..distributed import is_main_process
 
     if not is_main_process():

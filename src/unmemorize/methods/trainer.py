@@ -41,7 +41,7 @@ from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 from .. import distributed
 from ..lora import add_lora, check_lora, merge_lora
 from ..metrics.losses import masked_nll, next_token_logits, target_logprobs, token_logprobs
-from ..runtime import EVAL_OVERHEAD, adamw, available_memory, run_in_batches
+from ..runtime import EVAL_OVERHEAD, adamw, available_memory, compiled, run_in_batches
 from .base import Edit, Method, check_finite_loss, freeze, model_device
 from .data import UnlearnData
 
@@ -370,6 +370,7 @@ class GradientTrainer(Method):
         forget_terms: list[float] = []
         retain_nlls: list[float] = []
         trainee.train()
+        forward = compiled(trainee)  # the trainee itself unless --compile
         try:
             while len(losses) < total:
                 order = torch.randperm(data.n_forget, generator=generator)
@@ -383,7 +384,7 @@ class GradientTrainer(Method):
                     if use_retain:
                         r_idx = torch.randint(data.n_retain, (len(idx),), generator=generator)
                     stats = self._batch_stats(
-                        trainee, ref, data, (forget_mask, retain_mask), (idx, r_idx), rank, size
+                        forward, ref, data, (forget_mask, retain_mask), (idx, r_idx), rank, size
                     )
                     forget = self.forget_loss(
                         {k: v for k, v in stats.items() if k != _RETAIN},

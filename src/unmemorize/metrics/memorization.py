@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 
 from ..data.candidates import MemorizationSet
 from ..distributed import run_sharded
-from ..runtime import run_in_batches
+from ..runtime import compiled, run_in_batches
 
 
 def _as_prefix_tensor(prefix_len: int | torch.Tensor, m: int) -> torch.Tensor:
@@ -64,6 +64,7 @@ def memorized(
     m, t = target_ids.shape
     prefix = _as_prefix_tensor(prefix_len, m)
     device = next(model.parameters()).device
+    forward = compiled(model)  # the model itself unless --compile
     verdict = torch.zeros(m, dtype=torch.bool)
     for p in prefix.unique().tolist():
         k = min(suffix_len, t - p)
@@ -74,7 +75,7 @@ def memorized(
         def check(start: int, stop: int, rows=rows, p=p, k=k) -> None:
             idx = rows[start:stop]
             seq = torch.cat([prompt_ids[idx, :p], target_ids[idx, p : p + k]], dim=1).to(device)
-            verdict[idx] = _check_batch(model, seq, p, k, check_every).cpu()
+            verdict[idx] = _check_batch(forward, seq, p, k, check_every).cpu()
 
         # a batch too large for the device is halved and retried, not a crash
         run_in_batches(check, len(rows), batch_size, what="memorization batch")

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import tracking
 from ..benchmarks.spaces import Space, grid_points, resolve_space, space_size, trial_key
 from ..io import atomic_write_json, prepare_output_dir, read_json
 from .backends import LocalBackend, RayBackend, TrialTask, plugin_refs, trial_output
@@ -489,6 +490,8 @@ def _execute(
                     store.complete(spec.sweep_id, key, row, score, row["seconds"], row["output"])
                     if score is not None and (best is None or score < best[0]):
                         best = (score, method)
+                    _track_trial(row, method, params, step=done + failed, best=best)
+                    done += 1
                 else:
                     failed += 1
                     store.fail(spec.sweep_id, key, row.get("error", "unknown error"))
@@ -502,6 +505,18 @@ def _execute(
                     last_summary = time.monotonic()
     finally:
         bar.close()
+
+
+def _track_trial(row: dict, method: str, params: dict, *, step: int, best) -> None:
+    """Log a finished trial to the active tracking run: one run per sweep, ``step`` = the trial's
+    place in finishing order, ``<method>/<metric>`` and ``<method>/params/<option>`` (numbers
+    only), and the sweep's ``best_score`` so far."""
+    if not tracking.active():
+        return
+    numbers = {k: v for k, v in row.items() if not isinstance(v, dict)}
+    tracking.log_scalars({**numbers, "params": params}, step, prefix=method)
+    if best is not None:
+        tracking.log_scalars({"best_score": best[0]}, step)
 
 
 def write_summary(

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ... import tracking
 from ...config import to_dict
 from ...io import atomic_dir, atomic_write_json, check_output_dir
 from ...models import build_model_for, save_model
@@ -290,6 +291,7 @@ def _run_pipeline(
     start = time.perf_counter()
     clean_metrics = evaluate(clean, tokenizer)
     timings["evaluate"] = time.perf_counter() - start
+    tracking.log_scalars(clean_metrics, 0, prefix="clean")
     log.info(
         "clean: target %.3f untargeted %.3f",
         clean_metrics["target_accuracy"],
@@ -309,6 +311,7 @@ def _run_pipeline(
     save_model(corrupted, tokenizer, out / "corrupted")
     corrupted_metrics = evaluate(corrupted, tokenizer)
     corrupted_metrics["final_train_loss"] = corrupt_losses[-1]
+    tracking.log_scalars(corrupted_metrics, len(corrupt_losses), prefix="corrupted")
     reference = {"clean": clean_metrics, "corrupted": corrupted_metrics}
     start = time.perf_counter()
     runs = run_unlearning(

@@ -26,9 +26,11 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
+from ... import tracking
 from ...io import atomic_dir, atomic_write_json, read_json
 from ...metrics import MemorizationReport, evaluate_utility, measure_memorization
 from ...metrics.losses import sequence_losses
+from ...runtime import compiled
 from ...training import TrainingDivergedError
 from .data import TinyMemData
 
@@ -183,6 +185,9 @@ def train(
         progress: show a progress bar (loss, memorization, accuracy).
         on_checkpoint: called with each evaluation record.
 
+    With an active tracking run (:mod:`unmemorize.tracking`), every epoch's mean loss is logged as
+    ``train/loss`` and every evaluation record's metrics as ``train/<metric>``, at the epoch.
+
     Raises:
         TrainingDivergedError: the loss became NaN/inf (the last good checkpoint is kept).
     """
@@ -228,6 +233,7 @@ def train(
     step = start_epoch * steps_per_epoch
     train_ids = data.train_ids
     device = next(model.parameters()).device
+    forward = compiled(model)  # the model itself unless --compile
     try:
         for epoch in range(start_epoch, cfg.epochs):
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
@@ -239,7 +245,7 @@ def train(
                     group["lr"] = lr_at(step)
                 if regularizer is not None:
                     regularizer.set_batch(idx)
-                per_seq = sequence_losses(model, train_ids[idx].to(device), data.pad_id)
+                per_seq = sequence_losses(forward, train_ids[idx].to(device), data.pad_id)
                 loss = None if regularizer is None else regularizer.reduce(per_seq)
                 if loss is None:
                     loss = per_seq.mean()
@@ -265,11 +271,17 @@ def train(
                 n_batches += 1
                 step += 1
             done = epoch + 1
+            tracking.log_scalars({"loss": loss_sum / max(1, n_batches)}, done, prefix="train")
             if done % cfg.checkpoint_every == 0 or done == cfg.epochs:
                 record = {"epoch": done, "step": step, "train_loss": loss_sum / max(1, n_batches)}
                 record.update(evaluate(model, data, cfg.eval_batch_size))
                 record["seconds"] = seconds_before + time.perf_counter() - t0
                 history.append(record)
+                tracking.log_scalars(
+                    {k: v for k, v in record.items() if k not in ("epoch", "step")},
+                    done,
+                    prefix="train",
+                )
                 _save_checkpoint(
                     out, done, model, optimizer, regularizer, history, cfg.keep_checkpoints
                 )
