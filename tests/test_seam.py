@@ -183,7 +183,7 @@ class CopyBenchmark(Benchmark):
         )
         return out
 
-    def load(self, model_dir, *, device="cpu"):
+    def load(self, model_dir, *, device="cpu", settings=None):
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()

@@ -106,7 +106,8 @@ def test_shipped_spaces_are_valid_and_name_registered_methods():
         assert set(space) <= set(METHODS.names()), name
     paper = get_benchmark("tinymem").space("paper")
     assert paper["balanced_subnet"]["retain_weight"] == [0.05, 0.5, 0.7]
-    assert paper["integrated_gradients"]["ig_steps"] == [1, 10, 20]
+    # the original code ignored its ig_steps argument: every run used 20 steps (issue 14)
+    assert paper["integrated_gradients"]["ig_steps"] == [20]
 
 
 @pytest.mark.parametrize(
