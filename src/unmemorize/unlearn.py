@@ -49,6 +49,7 @@ from .metrics.memorization import memorized_sharded
 from .metrics.ranking import selection_score
 from .metrics.utility import accuracy_and_perplexity
 from .mlp import MLPAdapter
+from .model_card import CARD_NAME, model_card
 from .models import save_model
 from .runtime import check_window
 
@@ -78,6 +79,7 @@ def prepare(
     eval_file: str | Path | None = None,
     prefix_len: int | None = None,
     suffix_len: int | None = None,
+    column: str | None = None,
     batch_size: int = 512,
     check_model: Callable[[PreTrainedModel], object] | None = None,
     dtype: torch.dtype | None = None,
@@ -86,7 +88,10 @@ def prepare(
     """Load ``model_dir`` and build the forget/retain sets and the evaluator.
 
     ``check_model`` is called on the loaded model before any measurement (e.g. to reject an
-    architecture the method cannot edit before minutes of work).
+    architecture the method cannot edit before minutes of work). ``forget``, ``retain`` and
+    ``eval_file`` are jsonl files or tables (Parquet, Arrow, ``datasets`` directories) read by
+    :func:`~unmemorize.data.sequences.read_sequences`; ``column`` names the key/column holding
+    their text or token ids (default ``prefix_ids`` + ``target_ids``, ``input_ids`` or ``text``).
 
     Raises:
         NothingToUnlearnError: the model memorizes none of the forget candidates.
@@ -109,6 +114,8 @@ def prepare(
             raise ValueError(
                 "--prefix-len/--suffix-len apply to --forget; a run uses its own window"
             )
+        if column is not None and retain is None:
+            raise ValueError("--column applies to --forget/--retain/--eval files; pass one")
         baseline = evaluate_tinymem(model, run_data, batch_size=batch_size)
         if baseline["n_memorized"] == 0:
             raise NothingToUnlearnError(
@@ -117,7 +124,9 @@ def prepare(
             )
         data, _ = tinymem_unlearn_data(model, run_data, batch_size=batch_size)
         if retain is not None:
-            data = dataclasses.replace(data, retain_ids=_read(retain, model, tokenizer, data))
+            data = dataclasses.replace(
+                data, retain_ids=_read(retain, model, tokenizer, data, column)
+            )
         return UnlearnSetup(
             model,
             tokenizer,
@@ -132,13 +141,15 @@ def prepare(
     k = suffix_len if suffix_len is not None else 32
     check_window(model, p, k)
     vocab = model.get_input_embeddings().weight.shape[0]
-    candidates = read_sequences(forget, tokenizer, vocab, p, k)
+    candidates = read_sequences(forget, tokenizer, vocab, p, k, column)
     retain_ids = (
-        read_sequences(retain, tokenizer, vocab, p, k)
+        read_sequences(retain, tokenizer, vocab, p, k, column)
         if retain is not None
         else torch.empty(0, p + k, dtype=torch.long)
     )
-    eval_ids = read_sequences(eval_file, tokenizer, vocab, p, k) if eval_file else retain_ids
+    eval_ids = (
+        read_sequences(eval_file, tokenizer, vocab, p, k, column) if eval_file else retain_ids
+    )
     pad_id = None  # rows read from files are cut to P + K tokens: no padding
 
     def memorized_rows(m: PreTrainedModel) -> torch.Tensor:
@@ -180,12 +191,12 @@ def prepare(
     return UnlearnSetup(model, tokenizer, data, evaluate, baseline, source)
 
 
-def _read(path, model, tokenizer, data: UnlearnData) -> torch.Tensor:
+def _read(path, model, tokenizer, data: UnlearnData, column: str | None) -> torch.Tensor:
     """Retain rows from a file, cut to the run's row length (a TinyMem run's context)."""
     t = data.forget_ids.shape[1]
     vocab = model.get_input_embeddings().weight.shape[0]
     half = t // 2
-    return read_sequences(path, tokenizer, vocab, half, t - half)
+    return read_sequences(path, tokenizer, vocab, half, t - half, column)
 
 
 def unlearn(
@@ -199,13 +210,18 @@ def unlearn(
     eval_file: str | Path | None = None,
     prefix_len: int | None = None,
     suffix_len: int | None = None,
+    column: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
     batch_size: int = 512,
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
+    command: dict | None = None,
 ) -> dict:
     """Apply a method to the model in ``model_dir`` and write the edited model to ``out``.
+
+    ``out`` also gets a ``README.md`` model card (:mod:`unmemorize.model_card`) and ``run.json``,
+    which keeps ``command`` (how the command line called it; ``--config`` replays it).
 
     Returns:
         The ``run.json`` record: method, config, data sizes, ``before``/``after`` metrics, the
@@ -226,6 +242,7 @@ def unlearn(
         eval_file=eval_file,
         prefix_len=prefix_len,
         suffix_len=suffix_len,
+        column=column,
         batch_size=batch_size,
         check_model=MLPAdapter if m.family in ("neuron", "weight") else None,
         dtype=dtype,
@@ -265,6 +282,8 @@ def unlearn(
         "seconds": time.perf_counter() - t0,
         "environment": environment(),
     }
+    if command is not None:
+        record["command"] = command
     if not is_main_process():
         return record  # under `accelerate launch` every process holds the result; rank 0 writes
     extra_dirs = {}
@@ -274,10 +293,38 @@ def unlearn(
         result.model,
         setup.tokenizer,
         out,
-        extra_files={"run.json": json.dumps(record, indent=2, default=_jsonable)},
+        extra_files={
+            "run.json": json.dumps(record, indent=2, default=_jsonable),
+            CARD_NAME: _card(record, out),
+        },
         extra_dirs=extra_dirs,
     )
     return record
+
+
+def _card(record: dict, out: Path) -> str:
+    """The edited model's card: what was removed, by which method, the metrics before/after."""
+    data, before, after = record["data"], record["before"], record["after"]
+    summary = (
+        f"`{record['model']}` after unlearning with `{record['method']}` "
+        f"({record['family']} family): {data['n_forget']} memorized sequences removed "
+        f"(forget set: {data['forget']}; retain set: {data.get('retain') or 'none'}, "
+        f"{data['n_retain']} rows). Memorized: {before['memorized_fraction']:.1%} before, "
+        f"{after['memorized_fraction']:.1%} after"
+        + ("." if record["score"] is None else f"; selection score {record['score']:+.3f}.")
+    )
+    return model_card(
+        title=f"{Path(record['model']).name or record['model']} unlearned with {record['method']}",
+        summary=summary,
+        kind="unlearn",
+        base_model=record["model"],
+        method=record["method"],
+        config=record["config"],
+        before=before,
+        after=after,
+        tags=[record["family"]],
+        command=f"unmemorize unlearn --config {out / 'run.json'} --out NEW_DIR",
+    )
 
 
 def _score(before: dict, after: dict) -> float | None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..runtime import add_runtime_args, resolve_device
 from .common import add_run_options, format_method_table
+from .replay import add_config_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     # TinyMem trains a fresh model in float32 (its results are float32 results): --device only
     add_runtime_args(demo, dtype=False)
+    add_config_option(demo)
     add_run_options(demo)
     demo.set_defaults(handler=cmd_demo)
 
@@ -48,6 +50,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         overrides=tuple(args.overrides),
         methods=methods,
         device=device,
+        command=getattr(args, "record", None),
     )
     b = summary["baseline"]
     print()

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..runtime import add_runtime_args, resolve_device, resolve_dtype
 from .common import add_run_options
+from .replay import add_config_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,7 +68,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--retain",
         help="with --model: retain documents (default: QA lines about non-target people)",
     )
+    rs.add_argument(
+        "--column",
+        help="with --model: the jsonl key / table column holding the text of --docs, --forget "
+        "and --retain (default: text); these may also be .parquet, .arrow or datasets "
+        "directories",
+    )
     add_runtime_args(rs, what="--model")
+    add_config_option(rs)
     add_run_options(rs)
     rs.set_defaults(handler=cmd_restor)
 
@@ -99,12 +107,17 @@ def cmd_restor(args: argparse.Namespace) -> int:
         args.preset, args.overrides, level=args.level, simplified=args.simplified or None
     )
     if args.model is None:
-        for flag in ("facts", "entities", "docs", "forget", "retain", "dtype"):
+        for flag in ("facts", "entities", "docs", "forget", "retain", "column", "dtype"):
             if getattr(args, flag):
                 raise UserError(f"--{flag} needs --model (the synthetic world brings its own data)")
         print(f"unmemorize restor: {cfg.preset} world, level {cfg.unlearn.level} -> {args.out}/")
         summary = run_restor(
-            args.out, cfg, methods=methods, overwrite=args.overwrite, progress=not args.no_progress
+            args.out,
+            cfg,
+            methods=methods,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            command=getattr(args, "record", None),
         )
     else:
         if not args.facts or not args.docs:
@@ -116,6 +129,7 @@ def cmd_restor(args: argparse.Namespace) -> int:
             retain=args.retain,
             forget=args.forget,
             simplified=args.simplified,
+            column=args.column,
         )
         summary = run_restor_on_model(
             args.model,
@@ -127,6 +141,7 @@ def cmd_restor(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             dtype=resolve_dtype(args.dtype),
             device=resolve_device(args.device),
+            command=getattr(args, "record", None),
         )
     print()
     print(format_restor_table(summary))

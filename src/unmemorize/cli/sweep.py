@@ -31,6 +31,8 @@ trial; running the same command again skips finished trials and retries failed o
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from .replay import add_config_option
+
     p = sub.add_parser(
         "sweep",
         help="sweep methods' hyperparameters (grid or TPE), locally or on Ray, resumably",
@@ -68,6 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus-per-trial", type=float, default=0, help="Ray: GPUs per trial")
     p.add_argument("--overwrite", action="store_true", help="discard a different sweep in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_config_option(p)
     p.add_argument(
         "overrides",
         nargs="*",
@@ -135,6 +138,7 @@ def cmd_sweep(args) -> int:
         gpus_per_trial=args.gpus_per_trial,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        command=None if args.resume else getattr(args, "record", None),
     )
     counts = summary["counts"]
     print()

@@ -6,6 +6,7 @@ import argparse
 
 from ..errors import UserError
 from ..runtime import add_runtime_args, resolve_device, resolve_dtype
+from .replay import add_config_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,17 +28,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     un.add_argument("--model", required=True, help="local Hugging Face model directory")
     un.add_argument("--method", required=True, help="method name (`unmemorize ls methods`)")
     un.add_argument("--out", required=True, help="output directory for the edited model")
-    un.add_argument("--forget", help="jsonl of sequences to forget (same format as measure)")
-    un.add_argument("--retain", help="jsonl of clean sequences to keep (retain set)")
+    un.add_argument(
+        "--forget",
+        help="sequences to forget: jsonl (same format as measure), .parquet, .arrow or a "
+        "datasets directory",
+    )
+    un.add_argument("--retain", help="clean sequences to keep (retain set), same formats")
     un.add_argument(
         "--eval",
         dest="eval_file",
-        help="jsonl of held-out sequences for accuracy/perplexity (default: the retain set)",
+        help="held-out sequences for accuracy/perplexity (default: the retain set), same formats",
+    )
+    un.add_argument(
+        "--column",
+        help="the jsonl key / table column holding the text or token ids of those files",
     )
     un.add_argument("--prefix-len", type=int, help="P for --forget files (default 32)")
     un.add_argument("--suffix-len", type=int, help="K for --forget files (default 32)")
     un.add_argument("--batch-size", type=int, default=512, help="sequences per metric pass")
     add_runtime_args(un)
+    add_config_option(un)
     un.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     un.add_argument("--no-progress", action="store_true", help="hide progress bars")
     un.add_argument(
@@ -64,11 +74,13 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         eval_file=args.eval_file,
         prefix_len=args.prefix_len,
         suffix_len=args.suffix_len,
+        column=args.column,
         overwrite=args.overwrite,
         progress=not args.no_progress,
         batch_size=args.batch_size,
         dtype=resolve_dtype(args.dtype),
         device=resolve_device(args.device),
+        command=getattr(args, "record", None),
     )
     from ..distributed import is_main_process
 

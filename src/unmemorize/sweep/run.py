@@ -262,6 +262,7 @@ def run_sweep(
     gpus_per_trial: float = 0,
     overwrite: bool = False,
     progress: bool = True,
+    command: dict | None = None,
 ) -> dict:
     """Run (or continue) a sweep in ``out``; returns the summary (also in ``out/summary.json``).
 
@@ -277,6 +278,8 @@ def run_sweep(
         cpus_per_trial, gpus_per_trial: Ray resource request of each trial.
         overwrite: discard a different sweep found in ``out``.
         progress: show a progress bar.
+        command: how the command line called it (``--config`` replays it), kept in sweep.json
+            and summary.json; a resumed sweep keeps the one recorded first.
 
     Raises:
         FileExistsError: ``out`` holds something else, or another coordinator runs there.
@@ -301,6 +304,7 @@ def run_sweep(
                 f"{out}`, or choose another --out (or --overwrite to discard it)"
             )
         storage = storage or previous_storage
+        command = read_json(meta_path).get("command", command)
     else:
         prepare_output_dir(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
@@ -308,9 +312,10 @@ def run_sweep(
         store = ResultsStore(storage or default_storage(out))
         try:
             store.register_sweep(spec.sweep_id, spec.to_dict())
-            atomic_write_json(
-                meta_path, {"sweep_id": spec.sweep_id, "spec": spec.to_dict(), "storage": storage}
-            )
+            meta = {"sweep_id": spec.sweep_id, "spec": spec.to_dict(), "storage": storage}
+            if command is not None:
+                meta["command"] = command
+            atomic_write_json(meta_path, meta)
             model_dir = _base_model(spec, out, progress)
             baseline = _baseline(spec, model_dir, out)
             adopted = _recover_finished(spec, out, store)
@@ -514,6 +519,9 @@ def write_summary(
     }
     if seconds is not None:
         summary["seconds"] = seconds
+    meta_path = Path(out) / "sweep.json"
+    if meta_path.is_file() and "command" in (meta := read_json(meta_path)):
+        summary["command"] = meta["command"]  # --config replays the sweep
     atomic_write_json(out / "summary.json", summary)
     return summary
 
