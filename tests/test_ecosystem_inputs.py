@@ -215,7 +215,7 @@ def _bad(tmp_path: Path, kind: str) -> tuple[Path, list[str]]:
         return tmp_path / "plain", []
     if kind == "null-row":
         path = tmp_path / "t.parquet"
-        pq.write_table(pa.table({"input_ids": [list(range(40)), None]}), path)
+        pq.write_table(pa.table({"input_ids": [[1] * 40, None]}), path)
         return path, []
     if kind == "jsonl-missing-key":
         path = tmp_path / "t.jsonl"
