@@ -92,13 +92,14 @@ def test_config_replay_of_a_demo_reproduces_its_summary_metrics(tmp_path, capsys
 
     first = tmp_path / "first"
     argv = ["demo", "--out", str(first), "--no-progress", "--methods", "zero_out,ga"]
-    assert main([*argv, *TINY_OVERRIDES, "train.epochs=40"]) == 0, capsys.readouterr()
+    assert main([*argv, *TINY_OVERRIDES]) == 0, capsys.readouterr()
     recorded = json.loads((first / "summary.json").read_text())
     assert recorded["command"] == {
         "name": "demo",
         "options": {"methods": "zero_out,ga"},
-        "overrides": [*TINY_OVERRIDES, "train.epochs=40"],
+        "overrides": TINY_OVERRIDES,
     }
+    assert {r["method"] for r in recorded["runs"]} == {"zero_out", "ga"}  # something to compare
     replay = tmp_path / "replay"
     code = main(
         ["demo", "--config", str(first / "summary.json"), "--out", str(replay), "--no-progress"]
@@ -111,17 +112,13 @@ def test_config_replay_of_a_demo_reproduces_its_summary_metrics(tmp_path, capsys
         rows = [{k: v for k, v in r.items() if k not in drop} for r in summary["runs"]]
         return summary["experiment"], summary["baseline"], rows
 
-    assert metrics(again) == metrics(recorded)
+    # compared as JSON text: a diverged run's NaN score equals itself there
+    assert json.dumps(metrics(again), sort_keys=True) == json.dumps(
+        metrics(recorded), sort_keys=True
+    )
     assert again["command"] == recorded["command"]  # a replay replays the same way
-
-    # options and overrides beside --config win over the recorded ones
-    third = tmp_path / "third"
-    argv = ["demo", "--config", str(first / "summary.json"), "--out", str(third)]
-    assert main([*argv, "--no-progress", "--methods", "zero_out", "train.epochs=20"]) == 0
-    changed = json.loads((third / "summary.json").read_text())
-    assert {r["method"] for r in changed["runs"]} == {"zero_out"}
-    assert changed["experiment"]["train"]["epochs"] == 20
-    assert changed["command"]["overrides"][-1] == "train.epochs=20"
+    # options and overrides given beside --config win: tests/test_cli_commands.py (parsing) and
+    # tests/test_unlearn.py (an override changes the replayed edit)
 
 
 def test_config_of_another_command_or_without_record_is_one_line(tmp_path, capsys):
