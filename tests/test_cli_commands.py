@@ -241,3 +241,39 @@ def test_plugins_env_naming_a_missing_module_is_one_line(monkeypatch, capsys):
     assert (
         len(err) == 1 and "UNMEMORIZE_PLUGINS" in err[0] and "no_such_plugin_module_xyz" in err[0]
     )
+
+
+# ------------------------------------------------------------------------ --config replay
+
+
+def test_config_replay_puts_recorded_options_before_the_given_ones(tmp_path):
+    """Issue 17: `CMD --config FILE` = the recorded options, then the command line's (which win)."""
+    import json
+
+    from unmemorize.cli.replay import REPLAYABLE, command_record, expand
+
+    parser = build_parser()
+    commands = _commands(parser)
+    for name in REPLAYABLE:
+        assert "--config" in commands[name]._option_string_actions, name
+    recorded = {"methods": "ga,npo", "search": "tpe", "trials": 3, "seed": 7}
+    summary = tmp_path / "summary.json"
+    command = {"name": "sweep", "options": recorded, "overrides": ["train.epochs=4"]}
+    summary.write_text(json.dumps({"command": command}))
+    argv, replay = expand(
+        ["sweep", "--config", str(summary), "--out", "X", "--trials", "5"], commands
+    )
+    args = parser.parse_args(argv)
+    assert (args.methods, args.search, args.trials, args.seed, args.out) == (
+        "ga,npo", "tpe", 5, 7, "X",
+    )  # fmt: skip
+    assert replay["overrides"] == ["train.epochs=4"]
+    record = command_record(commands["sweep"], args)
+    assert record["options"] == {**recorded, "trials": 5}  # --out and --config are not recorded
+    # a store_true option replays as its flag; restor's nested `stats` is left alone
+    restor = tmp_path / "restor.json"
+    restor.write_text(json.dumps({"command": {"name": "restor", "options": {"simplified": True}}}))
+    argv, _ = expand(["restor", "--config", str(restor)], commands)
+    assert parser.parse_args(argv).simplified is True
+    stats = ["restor", "stats", "--facts", "f.json"]
+    assert expand(stats, commands) == (stats, None)

@@ -83,3 +83,54 @@ def test_demo_rejects_unknown_method_before_training(tmp_path, capsys):
     assert code == 2
     assert "did you mean 'balanced_subnet'" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.slow
+def test_config_replay_of_a_demo_reproduces_its_summary_metrics(tmp_path, capsys):
+    """`demo --config OUT/summary.json` reruns the recorded options and overrides (issue 17)."""
+    from .conftest import TINY_OVERRIDES
+
+    first = tmp_path / "first"
+    argv = ["demo", "--out", str(first), "--no-progress", "--methods", "zero_out,ga"]
+    assert main([*argv, *TINY_OVERRIDES]) == 0, capsys.readouterr()
+    recorded = json.loads((first / "summary.json").read_text())
+    assert recorded["command"] == {
+        "name": "demo",
+        "options": {"methods": "zero_out,ga"},
+        "overrides": TINY_OVERRIDES,
+    }
+    assert {r["method"] for r in recorded["runs"]} == {"zero_out", "ga"}  # something to compare
+    replay = tmp_path / "replay"
+    code = main(
+        ["demo", "--config", str(first / "summary.json"), "--out", str(replay), "--no-progress"]
+    )
+    assert code == 0, capsys.readouterr()
+    again = json.loads((replay / "summary.json").read_text())
+
+    def metrics(summary):
+        drop = ("seconds",)
+        rows = [{k: v for k, v in r.items() if k not in drop} for r in summary["runs"]]
+        return summary["experiment"], summary["baseline"], rows
+
+    # compared as JSON text: a diverged run's NaN score equals itself there
+    assert json.dumps(metrics(again), sort_keys=True) == json.dumps(
+        metrics(recorded), sort_keys=True
+    )
+    assert again["command"] == recorded["command"]  # a replay replays the same way
+    # options and overrides given beside --config win: tests/test_cli_commands.py (parsing) and
+    # tests/test_unlearn.py (an override changes the replayed edit)
+
+
+def test_config_of_another_command_or_without_record_is_one_line(tmp_path, capsys):
+    other = tmp_path / "run.json"
+    other.write_text(json.dumps({"command": {"name": "unlearn", "options": {}, "overrides": []}}))
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    for path, message in (
+        (other, "was written by `unmemorize unlearn`"),
+        (plain, "records no command to replay"),
+        (tmp_path / "nope.json", "no such file"),
+    ):
+        code = main(["demo", "--config", str(path), "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, err

@@ -12,7 +12,7 @@ import torch
 
 from unmemorize.benchmarks.restor.world import word_tokenizer
 from unmemorize.cli.main import main
-from unmemorize.data.corpus import _JsonlCorpus, open_corpus
+from unmemorize.data.corpus import open_corpus
 from unmemorize.data.sequences import read_sequences
 from unmemorize.metrics import generate_memorized
 from unmemorize.mining import _NgramIndex, mine
@@ -247,7 +247,7 @@ def test_windows_stream_in_bounded_batches(tmp_path):
         assert np.array_equal(row, stream[offset : offset + 10])
     # a long jsonl document is cut into batch-sized slices, windows carried across documents
     docs = write_jsonl(tmp_path / "d.jsonl", [{"input_ids": list(range(200))}, {"input_ids": [1]}])
-    sizes = [len(b) for b, _ in _JsonlCorpus(docs, None).batches(4, 2, 16)]
+    sizes = [len(b) for b, _ in open_corpus(docs).batches(4, 2, 16)]
     assert sizes == [16] * 6 + [3]
 
 

@@ -232,6 +232,43 @@ def test_micro_pipeline_writes_the_summary(micro_run):
         assert (micro_run / "data" / name).is_file()
     for name in ("clean", "corrupted"):
         load_model(micro_run / name)
+    # model cards (issue 17): the corrupted model names its base, the corruption and both metrics
+    from huggingface_hub import ModelCard
+
+    clean_card = ModelCard.load(micro_run / "clean" / "README.md")
+    assert {"unmemorize", "restor-clean", "restor"} <= set(clean_card.data.tags)
+    card = ModelCard.load(micro_run / "corrupted" / "README.md")
+    assert card.data.base_model == "../clean"
+    assert {"unmemorize", "restor-corrupted", "corrupt-full"} <= set(card.data.tags)
+    target = summary["corrupted"]["target_accuracy"]
+    assert f"| target_accuracy | {summary['clean']['target_accuracy']:.4g} | {target:.4g} |" in (
+        card.text
+    )
+
+
+def test_file_task_reads_documents_from_tables(micro_run, tmp_path):
+    """--docs/--forget/--retain as Parquet or a datasets directory: the documents of the jsonl."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    data = micro_run / "data"
+    docs = json.loads((data / "corruption_docs.json").read_text())
+    texts = [d["text"] for d in docs]
+    pq.write_table(pa.table({"body": texts}), tmp_path / "docs.parquet")
+    pq.write_table(pa.table({"text": texts}), tmp_path / "plain.parquet")
+    want = file_task(
+        data / "facts.json", data / "corruption_docs.json", entities=data / "entities.json"
+    )
+    for docs_file, column in (
+        (tmp_path / "docs.parquet", "body"),
+        (tmp_path / "plain.parquet", None),
+    ):
+        task = file_task(
+            data / "facts.json", docs_file, entities=data / "entities.json", column=column
+        )
+        assert task.corruption_docs == want.corruption_docs == texts
+        assert task.targets == want.targets and task.retain_docs == want.retain_docs
+    with pytest.raises(ValueError, match="has no column 'body'"):
+        file_task(data / "facts.json", tmp_path / "plain.parquet", column="body")
 
 
 def test_real_model_path_runs_on_restor_format_files(micro_run, tmp_path):

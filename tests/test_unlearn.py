@@ -79,6 +79,55 @@ def test_unlearn_cli_writes_model_and_run_json_and_keeps_input(tiny_run, tmp_pat
     assert report.n_memorized == record["after"]["n_memorized"]
 
 
+def test_unlearn_writes_a_model_card_and_replays_from_its_run_json(tiny_run, tmp_path, capsys):
+    """Issue 17: OUT/README.md is a Hugging Face model card naming the base model and the method,
+    with the metrics before and after; `unlearn --config OUT/run.json` reruns the same edit."""
+    from huggingface_hub import ModelCard
+
+    from unmemorize.model_card import add_audit_section
+
+    out = tmp_path / "edited"
+    argv = ["unlearn", "--model", str(tiny_run.out), "--method", "balanced_subnet"]
+    code = main([*argv, "--out", str(out), "--no-progress", "ratio=0.1", "epochs=5"])
+    assert code == 0, capsys.readouterr()
+    record = json.loads((out / "run.json").read_text())
+    card = ModelCard.load(out / "README.md")  # a local file: no network
+    meta = card.data.to_dict()
+    assert meta["base_model"] == str(tiny_run.out)
+    assert meta["library_name"] == "transformers"
+    assert {"unmemorize", "unlearn", "balanced_subnet"} <= set(meta["tags"])
+    assert "| metric | before | after |" in card.text
+    before, after = record["before"], record["after"]
+    row = f"| n_memorized | {before['n_memorized']} | {after['n_memorized']} |"
+    assert row in card.text
+    assert f"| memorized_fraction | {before['memorized_fraction']:.4g} |" in card.text
+    assert '"ratio": 0.1' in card.text  # the method's resolved config
+    assert record["command"] == {
+        "name": "unlearn",
+        "options": {"model": str(tiny_run.out), "method": "balanced_subnet"},
+        "overrides": ["ratio=0.1", "epochs=5"],
+    }
+
+    # an audit written into the directory later adds a short audit card
+    (out / "audit.json").write_text(json.dumps({"exact": {"n_extracted": 0, "rate": 0.0}}))
+    assert add_audit_section(out)
+    audited = ModelCard.load(out / "README.md")
+    assert "## Audit" in audited.text and "**exact**: n_extracted 0, rate 0" in audited.text
+    assert audited.data.to_dict() == meta
+
+    # replay: the same edit, bit for bit; an override beside --config wins
+    again = tmp_path / "again"
+    assert main(["unlearn", "--config", str(out / "run.json"), "--out", str(again)]) == 0
+    replayed = json.loads((again / "run.json").read_text())
+    assert replayed["after"] == after and replayed["config"] == record["config"]
+    weights = "model.safetensors"
+    assert (again / weights).read_bytes() == (out / weights).read_bytes()
+    other = tmp_path / "other"
+    argv = ["unlearn", "--config", str(out / "run.json"), "--out", str(other), "ratio=0.05"]
+    assert main([*argv, "--no-progress"]) == 0
+    assert json.loads((other / "run.json").read_text())["config"]["ratio"] == 0.05
+
+
 def test_unlearn_with_sequence_files(tiny_run, tmp_path, capsys) -> None:
     mem = tiny_run.data.memorization
     forget = tmp_path / "forget.jsonl"

@@ -12,8 +12,8 @@ Two sources of sequences:
 * a model trained by ``unmemorize train`` (a TinyMem run) without ``sequences``: its own
   memorization candidates (noised sequences whose noise falls inside the scored window), in the
   run's own window;
-* any local causal LM with a ``sequences`` jsonl file (streamed: memory stays bounded by one chunk
-  of rows whatever the file's length), in the window P -> K given (default: the run's, or 32 -> 32).
+* any local causal LM with a ``sequences`` jsonl file or table (Parquet, Arrow, a ``datasets``
+  directory; streamed: memory stays bounded by one chunk of rows whatever the file's length), in the window P -> K given (default: the run's, or 32 -> 32).
 
 Under ``accelerate launch`` each process judges every N-th row and the verdicts merge in order;
 rank 0 alone writes the report.
@@ -57,6 +57,7 @@ def measure(
     batch_size: int = 512,
     generate: bool = False,
     report_path: str | Path | None = None,
+    column: str | None = None,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device = "cpu",
     device_map: str | None = None,
@@ -65,14 +66,17 @@ def measure(
 
     Args:
         model_dir: a local Hugging Face model directory (a TinyMem run or any causal LM).
-        sequences: jsonl of ``{"input_ids"}``, ``{"text"}`` or ``{"prefix_ids", "target_ids"}``
-            rows; None measures a TinyMem run's own candidates.
+        sequences: jsonl (or a Parquet/Arrow/``datasets`` table) of ``{"input_ids"}``,
+            ``{"text"}`` or ``{"prefix_ids", "target_ids"}`` rows; None measures a TinyMem run's
+            own candidates.
         prefix_len: P, prompt tokens (``sequences`` only; default the run's, or 32).
         suffix_len: K, tokens that must match (``sequences`` only; default the run's, or 32).
         batch_size: sequences per forward pass (halved automatically on out-of-memory).
         generate: also run greedy generation (checks the verdicts, adds the token score).
         report_path: write the report, with per-sequence verdicts, to this JSON file
             (atomically, rank 0 only); checked before the work.
+        column: ``sequences`` only: the key/column holding each row's text or token ids
+            (default ``prefix_ids`` + ``target_ids``, ``input_ids`` or ``text``).
         dtype, device, device_map: how to load the model: names (``bfloat16``, ``cuda``) or torch
             objects, resolved after the option checks; ``device_map`` shards one model's layers
             over every GPU, then the CPU (it excludes a multi-process launch).
@@ -109,9 +113,10 @@ def measure(
                 f"{model_dir} was not trained by `unmemorize train`; pass --sequences FILE"
             )
         mem = data.memorization
-        if prefix_len is not None or suffix_len is not None:
+        if prefix_len is not None or suffix_len is not None or column is not None:
             raise UserError(
-                "--prefix-len/--suffix-len/--window apply to --sequences; a run uses its own window"
+                "--prefix-len/--suffix-len/--window/--column apply to --sequences; a run uses "
+                "its own candidates and window"
             )
         k = mem.suffix_len
         chunks = [(mem.prompt_ids, mem.target_ids, mem.prefix_len)]
@@ -127,7 +132,10 @@ def measure(
         k = suffix_len if suffix_len is not None else run_k
         check_window(model, p, k)
         # streamed: memory stays bounded by one chunk of rows whatever the file's length
-        chunks = ((ids, ids, p) for ids in iter_sequences(sequences, tokenizer, vocab, p, k))
+        chunks = (
+            (ids, ids, p)
+            for ids in iter_sequences(sequences, tokenizer, vocab, p, k, column=column)
+        )
     parts, gen_parts, gen_seconds = [], [], 0.0
     # under `accelerate launch` each process judges every N-th row; verdicts merge in order
     for prompt, target, prefix in chunks:

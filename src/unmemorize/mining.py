@@ -181,12 +181,14 @@ def mine(
     dtype_ids: str | None = None,
     max_windows: int | None = None,
     progress: bool = False,
+    column: str | None = None,
 ) -> MiningResult:
     """Find the windows of ``corpus`` that ``model`` reproduces verbatim (see the module doc).
 
     Args:
         model: a causal LM in eval mode, on the device to scan with.
-        corpus: a ``.jsonl`` / ``.npy`` / ``.bin`` path or an in-memory 1-D/2-D array of ids.
+        corpus: a ``.jsonl`` / ``.parquet`` / ``.arrow`` / ``.npy`` / ``.bin`` path, a
+            ``datasets`` directory or an in-memory 1-D/2-D array of ids.
         prefix_len: P, prompt tokens of each window.
         suffix_len: K, tokens greedy decoding must reproduce.
         stride: tokens between window starts; None = P + K (non-overlapping windows).
@@ -201,6 +203,8 @@ def mine(
         dtype_ids: ``uint16`` or ``int32``, the id type of a raw ``.bin`` corpus.
         max_windows: stop after scanning this many windows (None: the whole corpus).
         progress: show a progress bar over the scanned windows.
+        column: a jsonl/table corpus: the key or column of each document's text or token ids
+            (default ``input_ids`` or ``text``).
 
     Returns:
         The kept windows with their scores, sources and the counts of every step.
@@ -217,7 +221,7 @@ def mine(
         model, prefix_len, suffix_len, stride, min_unique, dedup_jaccard, ngram, batch_size,
         max_windows,
     )  # fmt: skip
-    source = open_corpus(corpus, tokenizer, dtype_ids)
+    source = open_corpus(corpus, tokenizer, dtype_ids, column)
     vocab = model.get_input_embeddings().weight.shape[0]
     dedup = _NgramIndex(ngram, dedup_jaccard) if dedup_jaccard is not None else None
 

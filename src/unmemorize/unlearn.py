@@ -52,6 +52,7 @@ from .metrics.memorization import memorized_sharded
 from .metrics.ranking import selection_score
 from .metrics.utility import accuracy_and_perplexity
 from .mlp import MLPAdapter
+from .model_card import CARD_NAME, model_card
 from .models import save_model
 from .runtime import check_window
 
@@ -84,6 +85,7 @@ def prepare(
     eval_file: str | Path | None = None,
     prefix_len: int | None = None,
     suffix_len: int | None = None,
+    column: str | None = None,
     batch_size: int = 512,
     check_model: Callable[[PreTrainedModel], object] | None = None,
     dtype: torch.dtype | None = None,
@@ -98,7 +100,10 @@ def prepare(
     ``default`` / ``paper``) pick a TinyMem run's retain set, fine-tuning twins and accuracy form.
 
     ``check_model`` is called on the loaded model before any measurement (e.g. to reject an
-    architecture the method cannot edit before minutes of work).
+    architecture the method cannot edit before minutes of work). ``forget``, ``retain`` and
+    ``eval_file`` are jsonl files or tables (Parquet, Arrow, ``datasets`` directories) read by
+    :func:`~unmemorize.data.sequences.read_sequences`; ``column`` names the key/column holding
+    their text or token ids (default ``prefix_ids`` + ``target_ids``, ``input_ids`` or ``text``).
 
     Raises:
         NothingToUnlearnError: the model memorizes none of the forget candidates.
@@ -122,6 +127,8 @@ def prepare(
             raise ValueError(
                 "--prefix-len/--suffix-len apply to --forget; a run uses its own window"
             )
+        if column is not None and retain is None:
+            raise ValueError("--column applies to --forget/--retain/--eval files; pass one")
         switches = TinyMemBenchmark.get_settings(settings).switches
         legacy = bool(switches.get("legacy_accuracy", False))
         baseline = evaluate_tinymem(model, run_data, batch_size=batch_size, legacy_accuracy=legacy)
@@ -138,7 +145,9 @@ def prepare(
             noise_twins=switches.get("noise_twins", "memorized"),
         )
         if retain is not None:
-            data = dataclasses.replace(data, retain_ids=_read(retain, model, tokenizer, data))
+            data = dataclasses.replace(
+                data, retain_ids=_read(retain, model, tokenizer, data, column)
+            )
         return UnlearnSetup(
             model,
             tokenizer,
@@ -153,14 +162,14 @@ def prepare(
     k = suffix_len if suffix_len is not None else 32
     check_window(model, p, k)
     vocab = model.get_input_embeddings().weight.shape[0]
-    candidates = read_sequences(forget, tokenizer, vocab, p, k)
+    candidates = read_sequences(forget, tokenizer, vocab, p, k, column)
     retain_ids = (
-        read_sequences(retain, tokenizer, vocab, p, k)
+        read_sequences(retain, tokenizer, vocab, p, k, column)
         if retain is not None
         else torch.empty(0, p + k, dtype=torch.long)
     )
     if eval_file:
-        eval_ids = read_sequences(eval_file, tokenizer, vocab, p, k)
+        eval_ids = read_sequences(eval_file, tokenizer, vocab, p, k, column)
         utility_rows = str(eval_file)
     elif len(retain_ids):
         retain_ids, eval_ids = hold_out(retain_ids, eval_share)
@@ -239,12 +248,12 @@ def hold_out(rows: torch.Tensor, share: float, seed: int = 0) -> tuple[torch.Ten
     return rows[keep], rows[held]
 
 
-def _read(path, model, tokenizer, data: UnlearnData) -> torch.Tensor:
+def _read(path, model, tokenizer, data: UnlearnData, column: str | None) -> torch.Tensor:
     """Retain rows from a file, cut to the run's row length (a TinyMem run's context)."""
     t = data.forget_ids.shape[1]
     vocab = model.get_input_embeddings().weight.shape[0]
     half = t // 2
-    return read_sequences(path, tokenizer, vocab, half, t - half)
+    return read_sequences(path, tokenizer, vocab, half, t - half, column)
 
 
 def unlearn(
@@ -258,18 +267,23 @@ def unlearn(
     eval_file: str | Path | None = None,
     prefix_len: int | None = None,
     suffix_len: int | None = None,
+    column: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
     batch_size: int = 512,
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     settings: str | None = None,
+    command: dict | None = None,
 ) -> dict:
     """Apply a method to the model in ``model_dir`` and write the edited model to ``out``.
 
     ``settings`` (TinyMem's ``default`` / ``paper``, :mod:`unmemorize.benchmarks.tinymem.settings`)
     put the method defaults under ``overrides`` and, for a TinyMem run, pick its retain set and
     accuracy form; recorded in ``run.json``.
+
+    ``out`` also gets a ``README.md`` model card (:mod:`unmemorize.model_card`) and ``run.json``,
+    which keeps ``command`` (how the command line called it; ``--config`` replays it).
 
     Returns:
         The ``run.json`` record: method, config, data sizes, ``before``/``after`` metrics, the
@@ -298,6 +312,7 @@ def unlearn(
         eval_file=eval_file,
         prefix_len=prefix_len,
         suffix_len=suffix_len,
+        column=column,
         batch_size=batch_size,
         check_model=MLPAdapter if m.family in ("neuron", "weight") else None,
         dtype=dtype,
@@ -341,6 +356,8 @@ def unlearn(
         "seconds": time.perf_counter() - t0,
         "environment": environment(),
     }
+    if command is not None:
+        record["command"] = command
     if not is_main_process():
         return record  # under `accelerate launch` every process holds the result; rank 0 writes
     extra_dirs = {}
@@ -350,7 +367,10 @@ def unlearn(
         result.model,
         setup.tokenizer,
         out,
-        extra_files={"run.json": json.dumps(record, indent=2, default=_jsonable)},
+        extra_files={
+            "run.json": json.dumps(record, indent=2, default=_jsonable),
+            CARD_NAME: _card(record, out),
+        },
         extra_dirs=extra_dirs,
     )
     return record
@@ -371,6 +391,31 @@ def _sources(model_dir, forget, retain, eval_file, source: dict) -> dict:
         "prefix_len": source.get("prefix_len"),
         "suffix_len": source.get("suffix_len"),
     }
+
+
+def _card(record: dict, out: Path) -> str:
+    """The edited model's card: what was removed, by which method, the metrics before/after."""
+    data, before, after = record["data"], record["before"], record["after"]
+    summary = (
+        f"`{record['model']}` after unlearning with `{record['method']}` "
+        f"({record['family']} family): {data['n_forget']} memorized sequences removed "
+        f"(forget set: {data['forget']}; retain set: {data.get('retain') or 'none'}, "
+        f"{data['n_retain']} rows). Memorized: {before['memorized_fraction']:.1%} before, "
+        f"{after['memorized_fraction']:.1%} after"
+        + ("." if record["score"] is None else f"; selection score {record['score']:+.3f}.")
+    )
+    return model_card(
+        title=f"{Path(record['model']).name or record['model']} unlearned with {record['method']}",
+        summary=summary,
+        kind="unlearn",
+        base_model=record["model"],
+        method=record["method"],
+        config=record["config"],
+        before=before,
+        after=after,
+        tags=[record["family"]],
+        command=f"unmemorize unlearn --config {out / 'run.json'} --out NEW_DIR",
+    )
 
 
 def _score(before: dict, after: dict) -> float | None:

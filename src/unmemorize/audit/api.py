@@ -148,11 +148,17 @@ def _finite(obj: Any) -> Any:
 
 def write_audit(report: AuditReport, out_dir: str | Path) -> Path:
     """Write ``DIR/audit_rows.jsonl`` (one row per forget sequence) and then ``DIR/audit.json``
-    (exactly the keys of :data:`AUDIT_KEYS`), each atomically. Returns the path of audit.json."""
+    (exactly the keys of :data:`AUDIT_KEYS`), each atomically. Returns the path of audit.json.
+
+    When DIR is a model directory with an unmemorize model card (``README.md``), the card's audit
+    section is refreshed from the new audit.json."""
+    from ..model_card import add_audit_section
+
     out = Path(out_dir)
     lines = "".join(json.dumps(_finite(row), allow_nan=False) + "\n" for row in report.rows)
     atomic_write_text(out / AUDIT_ROWS, lines)
     atomic_write_json(out / AUDIT_JSON, _finite(report.to_dict()))
+    add_audit_section(out)
     return out / AUDIT_JSON
 
 

@@ -14,6 +14,7 @@ from .common import (
     audit_requested,
     format_method_table,
 )
+from .replay import add_config_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     # TinyMem trains a fresh model in float32 (its results are float32 results): --device only
     add_runtime_args(demo, dtype=False)
+    add_config_option(demo)
     add_run_options(demo)
     demo.set_defaults(handler=cmd_demo)
 
@@ -80,6 +82,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         settings=args.settings,
         task=args.task,
         audit=auditor,
+        command=getattr(args, "record", None),
     )
     b = summary["baseline"]
     text = args.task == "text"
@@ -127,3 +130,4 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"  time             {summary['seconds']:6.0f} s")
     print(f"summary: {Path(args.out) / 'summary.json'}   model: {summary['model_dir']}")
     return 0
+

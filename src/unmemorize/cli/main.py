@@ -117,9 +117,23 @@ def load_plugins() -> None:
             ) from None
 
 
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The sub-parser of every command, by name."""
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .replay import REPLAYABLE, command_record, expand
+
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
+    commands = _commands(parser)
+    try:
+        argv, replay = expand(argv, commands)  # --config FILE: the recorded options first
+    except _user_errors() as err:
+        print(f"unmemorize: error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
     try:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, or a usage error already printed as one line
@@ -127,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if replay is not None:  # recorded overrides first: those given beside --config win
+        args.overrides = [*replay["overrides"], *args.overrides]
+        args.experiment = replay["experiment"]
+    if args.command in REPLAYABLE:
+        args.record = command_record(commands[args.command], args)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -21,7 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     me.add_argument(
         "--sequences",
         help='jsonl: {"input_ids": [...]}, {"text": ...} or '
-        '{"prefix_ids": [...], "target_ids": [...]} per line',
+        '{"prefix_ids": [...], "target_ids": [...]} per line; or a .parquet/.arrow file or a '
+        "datasets directory with such columns",
+    )
+    me.add_argument(
+        "--column",
+        help="the jsonl key / table column holding each sequence's text or token ids",
     )
     add_window_args(me, "the run's, or 32")
     me.add_argument("--json", help="write the report (with per-sequence verdicts) to this file")
@@ -60,6 +65,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         generate=args.generate,
         report_path=args.json,
+        column=args.column,
         dtype=args.dtype,
         device=args.device,
         device_map=args.device_map,

@@ -21,6 +21,9 @@ closer to 0 = reproduced more confidently).
 
 corpus formats (by file name):
   .jsonl  one document per line: {"input_ids": [...]} or {"text": "..."} (model's tokenizer)
+  .parquet, .arrow or a datasets directory (save_to_disk): a table with an input_ids or text
+          column, streamed (needs pip install "unmemorize[datasets]")
+  --column NAME reads the text or token ids of a jsonl key / table column of another name
   .npy    numpy token ids, memory-mapped: 1-D = one token stream, 2-D = one document per row
   .bin    raw token ids, memory-mapped, with --dtype-ids uint16|int32 (Pythia's Pile: uint16)
 """
@@ -46,7 +49,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="local Hugging Face model directory")
-    parser.add_argument("--corpus", required=True, help="token corpus: .jsonl, .npy or .bin")
+    parser.add_argument(
+        "--corpus",
+        required=True,
+        help="token corpus: .jsonl, .parquet, .arrow, a datasets directory, .npy or .bin",
+    )
+    parser.add_argument(
+        "--column",
+        help="jsonl key / table column holding the text or token ids (default: input_ids, text)",
+    )
     parser.add_argument("--out", required=True, help="forget set to write (jsonl)")
     add_window_args(parser, "32")
     parser.add_argument(
@@ -129,6 +140,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
         dtype_ids=args.dtype_ids,
         max_windows=args.max_windows,
         progress=not args.no_progress,
+        column=args.column,
     )
     result.write_jsonl(out)
     c = result.counts()

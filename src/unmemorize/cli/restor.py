@@ -12,6 +12,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..runtime import add_runtime_args, resolve_device, resolve_dtype
 from .common import add_run_options, add_settings_arg, add_track_args, tracked
+from .replay import add_config_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,8 +68,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--retain",
         help="with --model: retain documents (default: QA lines about non-target people)",
     )
+    rs.add_argument(
+        "--column",
+        help="with --model: the jsonl key / table column holding the text of --docs, --forget "
+        "and --retain (default: text); these may also be .parquet, .arrow or datasets "
+        "directories",
+    )
     add_runtime_args(rs, what="--model")
     add_track_args(rs)
+    add_config_option(rs)
     add_run_options(rs)
     add_settings_arg(rs)
     rs.set_defaults(handler=cmd_restor)
@@ -106,7 +114,7 @@ def cmd_restor(args: argparse.Namespace) -> int:
         settings=args.settings,
     )
     if args.model is None:
-        for flag in ("facts", "entities", "docs", "forget", "retain", "dtype"):
+        for flag in ("facts", "entities", "docs", "forget", "retain", "column", "dtype"):
             if getattr(args, flag):
                 raise UserError(f"--{flag} needs --model (the synthetic world brings its own data)")
         print(f"unmemorize restor: {cfg.preset} world, level {cfg.unlearn.level} -> {args.out}/")
@@ -118,6 +126,7 @@ def cmd_restor(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite,
                 progress=not args.no_progress,
                 settings=args.settings,
+                command=getattr(args, "record", None),
             )
     else:
         if not args.facts or not args.docs:
@@ -129,6 +138,7 @@ def cmd_restor(args: argparse.Namespace) -> int:
             retain=args.retain,
             forget=args.forget,
             simplified=args.simplified,
+            column=args.column,
         )
         with tracked(args, "restor", args.out, config=to_dict(cfg)):
             summary = run_restor_on_model(
@@ -142,6 +152,7 @@ def cmd_restor(args: argparse.Namespace) -> int:
                 dtype=resolve_dtype(args.dtype),
                 device=resolve_device(args.device),
                 settings=args.settings,
+                command=getattr(args, "record", None),
             )
     print()
     print(format_restor_table(summary))

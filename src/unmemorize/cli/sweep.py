@@ -46,6 +46,8 @@ AUDIT_HOOK = "unmemorize.audit.pipeline:audit_trial"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from .replay import add_config_option
+
     p = sub.add_parser(
         "sweep",
         help="sweep methods' hyperparameters (grid or TPE), locally or on Ray, resumably",
@@ -95,6 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_track_args(p)
     p.add_argument("--overwrite", action="store_true", help="discard a different sweep in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_config_option(p)
     p.add_argument(
         "overrides",
         nargs="*",
@@ -176,6 +179,7 @@ def cmd_sweep(args) -> int:
             overwrite=args.overwrite,
             progress=not args.no_progress,
             auditor=AUDIT_HOOK,
+            command=None if args.resume else getattr(args, "record", None),
         )
     counts = summary["counts"]
     print()

@@ -6,6 +6,7 @@ import argparse
 
 from ..runtime import add_runtime_args, resolve_device
 from .common import add_run_options, add_track_args, tracked
+from .replay import add_config_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,18 +27,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--out", required=True, help="output model directory")
     add_runtime_args(tr, dtype=False)  # a fresh TinyMem model trains in float32
     add_track_args(tr)
+    add_config_option(tr)
     add_run_options(tr)
     tr.set_defaults(handler=cmd_train)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..benchmarks.tinymem.experiment import make_experiment, train_experiment
+    from ..benchmarks.tinymem.experiment import (
+        ExperimentConfig,
+        make_experiment,
+        train_experiment,
+    )
 
     device = resolve_device(args.device)
-    exp = make_experiment(args.preset, args.task, args.variant, args.overrides)
+    if getattr(args, "experiment", None) is not None:  # --config experiment.json: as resolved
+        from ..config import apply_overrides
+
+        exp = apply_overrides(ExperimentConfig.from_dict(args.experiment), args.overrides)
+        for part in (exp.data, exp.model, exp.train):
+            part.validate()
+        args.record["experiment"] = args.experiment  # what a replay of this run starts from
+    else:
+        exp = make_experiment(args.preset, args.task, args.variant, args.overrides)
     with tracked(args, "train", args.out, config=exp.to_dict()):
         run = train_experiment(
-            exp, args.out, overwrite=args.overwrite, progress=not args.no_progress, device=device
+            exp,
+            args.out,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            device=device,
+            command=getattr(args, "record", None),
         )
     m = run.final
     print(

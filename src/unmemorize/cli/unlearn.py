@@ -21,6 +21,7 @@ from .common import (
     audit_requested,
     tracked,
 )
+from .replay import add_config_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,13 +43,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     un.add_argument("--model", required=True, help="local Hugging Face model directory")
     un.add_argument("--method", required=True, help="method name (`unmemorize ls methods`)")
     un.add_argument("--out", required=True, help="output directory for the edited model")
-    un.add_argument("--forget", help="jsonl of sequences to forget (same format as measure)")
-    un.add_argument("--retain", help="jsonl of clean sequences to keep (retain set)")
+    un.add_argument(
+        "--forget",
+        help="sequences to forget: jsonl (same format as measure), .parquet, .arrow or a "
+        "datasets directory",
+    )
+    un.add_argument("--retain", help="clean sequences to keep (retain set), same formats")
     un.add_argument(
         "--eval",
         dest="eval_file",
-        help="jsonl of held-out sequences for accuracy/perplexity (default: a held-out 10%% of "
-        "--retain, never trained on)",
+        help="held-out sequences for accuracy/perplexity (default: a held-out 10%% of "
+        "--retain, never trained on), same formats",
+    )
+    un.add_argument(
+        "--column",
+        help="the jsonl key / table column holding the text or token ids of those files",
     )
     add_window_args(un, "32; for --forget files")
     add_settings_arg(un)
@@ -60,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_audit_flag(un, "the edited model into OUT/audit.json", "1e-4,3e-4,1e-3")
     add_runtime_args(un)
     add_track_args(un)
+    add_config_option(un)
     un.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     un.add_argument("--no-progress", action="store_true", help="hide progress bars")
     un.add_argument(
@@ -99,12 +109,14 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
             eval_file=args.eval_file,
             prefix_len=prefix_len,
             suffix_len=suffix_len,
+            column=args.column,
             overwrite=args.overwrite,
             progress=not args.no_progress,
             batch_size=args.batch_size,
             dtype=resolve_dtype(args.dtype),
             device=resolve_device(args.device),
             settings=args.settings,
+            command=getattr(args, "record", None),
         )
     from ..distributed import is_main_process
 

@@ -1,16 +1,19 @@
 """Token corpora for mining, read as batches of fixed-length windows with bounded memory.
 
 Formats, by file name: ``.jsonl``/``.json`` (one document per line, ``{"input_ids": [...]}`` or
-``{"text": ...}`` tokenized with the model's tokenizer, streamed line by line), ``.npy`` (1-D token
-stream or 2-D rows of documents, memory-mapped) and raw ``.bin`` token ids (memory-mapped, the id
-dtype given, as Pythia's deduplicated Pile is stored: uint16), or an in-memory 1-D/2-D array.
+``{"text": ...}`` tokenized with the model's tokenizer, streamed line by line), a table with such a
+column (``.parquet``, ``.arrow`` or a ``datasets`` directory, streamed a record batch at a time;
+``column`` names another one), ``.npy`` (1-D token stream or 2-D rows of documents,
+memory-mapped) and raw ``.bin`` token ids (memory-mapped, the id dtype given, as Pythia's
+deduplicated Pile is stored: uint16), or an in-memory 1-D/2-D array.
 
 Windows of W tokens start every ``stride`` tokens inside a document (a flat stream is one long
 document); tokens after a document's last full window are not covered. Each batch holds at most
 ``batch_size`` windows (a 2-D row is never split, so a batch may hold one row's windows when a row
-has more), plus their locations ``(doc, offset)``: the 1-based jsonl line or 0-based row (0 for a
-stream) and the token offset in it; :meth:`Corpus.source` renders them as ``FILE:LINE:OFFSET``,
-``FILE:ROW:OFFSET`` or ``FILE:OFFSET``.
+has more), plus their locations ``(doc, offset)``: the 1-based jsonl line or 0-based row (of a
+2-D array or a table; 0 for a stream) and the token offset in it; :meth:`Corpus.source` renders
+them as ``FILE:LINE:OFFSET``, ``FILE:ROW:OFFSET`` (a table: ``FILE:row N:OFFSET``) or
+``FILE:OFFSET``.
 
 Shapes: B windows per batch, W window tokens.
 """
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..io import iter_jsonl
+from .records import Records, is_table
 
 #: Token-id dtypes of raw ``.bin`` streams (Pythia's Pile: uint16).
 RAW_DTYPES = {"uint16": np.uint16, "int32": np.int32}
@@ -104,14 +107,15 @@ class _RowsCorpus(Corpus):
         return f"{self.name}:{doc}:{offset}"
 
 
-class _JsonlCorpus(Corpus):
-    """jsonl documents ``{"input_ids": [...]}`` or ``{"text": ...}``, read one line at a time."""
+class _RecordsCorpus(Corpus):
+    """Documents ``{"input_ids": [...]}`` or ``{"text": ...}``: jsonl lines or table rows
+    (:class:`~unmemorize.data.records.Records`), read one at a time."""
 
-    def __init__(self, path: Path, tokenizer: PreTrainedTokenizerBase | None):
-        self.path, self.name, self.tokenizer = path, str(path), tokenizer
+    def __init__(self, records: Records, tokenizer: PreTrainedTokenizerBase | None):
+        self.records, self.name, self.tokenizer = records, str(records.path), tokenizer
 
     def _fail(self, line_no: int, why: str) -> ValueError:
-        return ValueError(f"{self.path}:{line_no}: {why}")
+        return ValueError(f"{self.records.where(line_no)}: {why}")
 
     def _document(self, obj: object, line_no: int) -> list[int]:
         if not isinstance(obj, dict):
@@ -135,7 +139,7 @@ class _JsonlCorpus(Corpus):
         where_buf: list[np.ndarray] = []
         held = 0
         # the corpus is streamed, so only a line (never the file) is bounded
-        for line_no, obj in iter_jsonl(self.path, max_bytes=0):
+        for line_no, obj in self.records:
             doc = np.asarray(self._document(obj, line_no), dtype=np.int64)
             n = _n_windows(len(doc), window, stride)
             if n == 0:
@@ -157,7 +161,7 @@ class _JsonlCorpus(Corpus):
             yield np.concatenate(ids_buf), np.concatenate(where_buf)
 
     def source(self, doc, offset):
-        return f"{self.name}:{doc}:{offset}"
+        return f"{self.records.where(doc)}:{offset}"  # FILE:LINE:OFFSET, FILE:row N:OFFSET
 
 
 def _array_corpus(ids: np.ndarray, name: str) -> Corpus:
@@ -176,30 +180,48 @@ def open_corpus(
     corpus: str | Path | np.ndarray | torch.Tensor,
     tokenizer: PreTrainedTokenizerBase | None = None,
     dtype_ids: str | None = None,
+    column: str | None = None,
 ) -> Corpus:
-    """Open a corpus by file type: ``.jsonl``/``.json`` lines, ``.npy`` (memory-mapped), raw
-    ``.bin`` (memory-mapped, ``dtype_ids`` required) or an in-memory 1-D/2-D array of ids.
+    """Open a corpus by file type: ``.jsonl``/``.json`` lines, a table (``.parquet``, ``.arrow``,
+    a ``datasets`` directory), ``.npy`` (memory-mapped), raw ``.bin`` (memory-mapped,
+    ``dtype_ids`` required) or an in-memory 1-D/2-D array of ids.
+
+    Args:
+        column: jsonl/table only: the key or column holding each document's text or token ids
+            (default: ``input_ids`` or ``text``).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: unknown or malformed format, non-integer ids, an empty file.
+        ValueError: unknown or malformed format, non-integer ids, an empty file, a table without
+            the column.
+        UserError: a table given without pyarrow installed.
     """
     if isinstance(corpus, torch.Tensor):
         corpus = corpus.cpu().numpy()
     if isinstance(corpus, np.ndarray):
         if dtype_ids is not None:
             raise ValueError("dtype_ids applies to raw .bin files only")
+        if column is not None:
+            raise ValueError("column applies to jsonl and table corpora only")
         return _array_corpus(corpus, "array")
     path = Path(corpus)
-    if not path.is_file():
+    if not path.is_file() and not path.is_dir():
         raise FileNotFoundError(f"corpus file {path} does not exist")
     suffix = path.suffix.lower()
     if dtype_ids is not None and suffix != ".bin":
         raise ValueError("--dtype-ids applies to raw .bin token files only (.npy stores its dtype)")
+    if column is not None and suffix in (".npy", ".bin"):
+        raise ValueError(
+            f"--column applies to jsonl and table corpora; {path} holds bare token ids"
+        )
+    if is_table(path):
+        return _RecordsCorpus(Records(path, column=column, what="corpus file"), tokenizer)
     if path.stat().st_size == 0:
         raise ValueError(f"corpus file {path} is empty")
     if suffix in (".jsonl", ".json"):
-        return _JsonlCorpus(path, tokenizer)
+        return _RecordsCorpus(
+            Records(path, column=column, max_bytes=0, what="corpus file"), tokenizer
+        )
     if suffix == ".npy":
         try:
             ids = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -226,7 +248,8 @@ def open_corpus(
         return _FlatCorpus(np.memmap(path, dtype=dtype, mode="r"), str(path))
     raise ValueError(
         f"cannot tell the format of corpus {path}: name it .jsonl (one document per line), "
-        ".npy (numpy token ids) or .bin (raw token ids, with --dtype-ids)"
+        ".parquet / .arrow (a table), .npy (numpy token ids) or .bin (raw token ids, with "
+        "--dtype-ids), or pass a datasets directory"
     )
 
 

@@ -319,6 +319,7 @@ def run_sweep(
     overwrite: bool = False,
     progress: bool = True,
     auditor: str | None = None,
+    command: dict | None = None,
 ) -> dict:
     """Run (or continue) a sweep in ``out``; returns the summary (also in ``out/summary.json``).
 
@@ -337,6 +338,8 @@ def run_sweep(
         auditor: ``module:function`` of the audit hook each worker calls when ``spec.audit`` is
             set (``unmemorize.audit.pipeline:audit_trial``; the sweep layer does not import the
             audit, its caller names it).
+        command: how the command line called it (``--config`` replays it), kept in sweep.json
+            and summary.json; a resumed sweep keeps the one recorded first.
 
     Raises:
         FileExistsError: ``out`` holds something else, or another coordinator runs there.
@@ -363,6 +366,7 @@ def run_sweep(
                 f"{out}`, or choose another --out (or --overwrite to discard it)"
             )
         storage = storage or previous_storage
+        command = read_json(meta_path).get("command", command)
     else:
         prepare_output_dir(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
@@ -370,9 +374,10 @@ def run_sweep(
         store = ResultsStore(storage or default_storage(out))
         try:
             store.register_sweep(spec.sweep_id, spec.to_dict())
-            atomic_write_json(
-                meta_path, {"sweep_id": spec.sweep_id, "spec": spec.to_dict(), "storage": storage}
-            )
+            meta = {"sweep_id": spec.sweep_id, "spec": spec.to_dict(), "storage": storage}
+            if command is not None:
+                meta["command"] = command
+            atomic_write_json(meta_path, meta)
             model_dir = _base_model(spec, out, progress)
             baseline = _baseline(spec, model_dir, out)
             adopted = _recover_finished(spec, out, store)
@@ -596,6 +601,9 @@ def write_summary(
     }
     if seconds is not None:
         summary["seconds"] = seconds
+    meta_path = Path(out) / "sweep.json"
+    if meta_path.is_file() and "command" in (meta := read_json(meta_path)):
+        summary["command"] = meta["command"]  # --config replays the sweep
     atomic_write_json(out / "summary.json", summary)
     return summary
 

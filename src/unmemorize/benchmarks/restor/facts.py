@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...data.records import Records, is_table
 from ...io import iter_jsonl, read_json
 
 log = logging.getLogger(__name__)
@@ -238,11 +239,35 @@ def load_entities(path: str | Path) -> list[str]:
     return list(obj)
 
 
-def load_docs(path: str | Path) -> list[str]:
-    """Load documents: a JSON list of ``{"text": str}``, or ``.jsonl`` lines ``{"text": str}``."""
+def load_docs(path: str | Path, column: str | None = None) -> list[str]:
+    """Load documents: a JSON list of ``{"text": str}``, ``.jsonl`` lines ``{"text": str}``, or a
+    table with a ``text`` column (``.parquet``, ``.arrow``, a ``datasets`` directory).
+
+    ``column`` names the jsonl key / table column holding the text instead of ``text``.
+    """
     path = Path(path)
     name = path.name
-    if path.suffix == ".jsonl":
+    if column is not None and not is_table(path) and path.suffix != ".jsonl":
+        raise FactsFormatError(
+            f'{name}: --column applies to .jsonl and table documents; a JSON list holds {{"text"}}'
+        )
+    if is_table(path) or column is not None:
+        records = Records(path, column=column, keys=("text",), what="documents file")
+        items, where = [], []
+        try:
+            for n, item in records:
+                if isinstance(item, dict) and "input_ids" in item:
+                    raise FactsFormatError(
+                        f"{records.where(n)}: column {column!r} holds token ids; RESTOR "
+                        "documents are text: name a text column with --column"
+                    )
+                items.append(item)
+                where.append(f"row {n}" if records.table else f"line {n}")
+        except FactsFormatError:
+            raise
+        except ValueError as err:
+            raise FactsFormatError(str(err)) from None
+    elif path.suffix == ".jsonl":
         try:
             lines = list(iter_jsonl(path))
         except ValueError as err:

@@ -44,6 +44,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ... import tracking
 from ...config import to_dict
 from ...io import atomic_dir, atomic_write_json, check_output_dir
+from ...model_card import write_model_card
 from ...models import build_model_for, save_model
 from ...runtime import context_length
 from ...training import train_on_batches
@@ -159,6 +160,7 @@ def run_restor(
     overwrite: bool = False,
     progress: bool = True,
     settings: str | None = None,
+    command: dict | None = None,
 ) -> dict:
     """The RESTOR benchmark on the synthetic world; writes ``OUT/summary.json`` and the models.
 
@@ -219,6 +221,19 @@ def run_restor(
         summary["preset"] = cfg.preset
         summary["settings"] = RestorBenchmark.get_settings(settings).name
         summary["seconds"] = time.perf_counter() - t0
+        if command is not None:  # how the command line called it: --config replays it
+            summary["command"] = command
+        write_model_card(
+            tmp / "clean",
+            title=f"RESTOR {cfg.preset} clean model",
+            summary="The clean model of a RESTOR run (Rezaei et al., arXiv 2411.00204): a small "
+            "LM trained from scratch on a synthetic world of fictional people; its knowledge is "
+            "what restorative unlearning should bring back after corruption.",
+            kind="restor-clean",
+            config=to_dict(cfg.clean),
+            after=summary["clean"],
+            tags=["restor"],
+        )
         atomic_write_json(tmp / "summary.json", summary)
     return summary
 
@@ -236,6 +251,7 @@ def run_restor_on_model(
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     settings: str | None = None,
+    command: dict | None = None,
 ) -> dict:
     """RESTOR on a local HF model (the clean model) and RESTOR-format data (see :func:`file_task`).
 
@@ -268,6 +284,8 @@ def run_restor_on_model(
         summary["model_dir"] = str(model_dir)
         summary["settings"] = RestorBenchmark.get_settings(settings).name
         summary["seconds"] = time.perf_counter() - t0
+        if command is not None:  # how the command line called it: --config replays it
+            summary["command"] = command
         atomic_write_json(tmp / "summary.json", summary)
     return summary
 
@@ -312,6 +330,24 @@ def _run_pipeline(
     corrupted_metrics = evaluate(corrupted, tokenizer)
     corrupted_metrics["final_train_loss"] = corrupt_losses[-1]
     tracking.log_scalars(corrupted_metrics, len(corrupt_losses), prefix="corrupted")
+    # inside the caller's atomic OUT: the card lands with the weights or not at all
+    write_model_card(
+        out / "corrupted",
+        title=f"RESTOR corrupted model (level {cfg.unlearn.level})",
+        summary=f"The clean model after continued training ({cfg.corrupt.mode}) on "
+        f"{len(task.corruption_docs)} documents that state wrong facts about "
+        f"{len(task.targets)} target people (RESTOR, Rezaei et al., arXiv 2411.00204). Nothing "
+        "was removed: this is the model that the RESTOR methods unlearn; the metrics compare "
+        "it with the clean model.",
+        kind="restor-corrupted",
+        # a loaded clean model names its directory; a synthetic one lies beside: OUT/clean
+        base_model=str(getattr(clean, "name_or_path", "") or "") or "../clean",
+        method=f"corrupt-{cfg.corrupt.mode}",
+        config=to_dict(cfg.corrupt),
+        before=clean_metrics,
+        after=corrupted_metrics,
+        tags=["restor"],
+    )
     reference = {"clean": clean_metrics, "corrupted": corrupted_metrics}
     start = time.perf_counter()
     runs = run_unlearning(

@@ -183,6 +183,7 @@ def file_task(
     simplified: bool = False,
     n_retain: int = 512,
     seed: int = 0,
+    column: str | None = None,
 ) -> RestorTask:
     """A RESTOR task from RESTOR-format files (``facts.json``, ``entities.json``, ``mix_a{k}.json``).
 
@@ -193,7 +194,9 @@ def file_task(
     people of ``facts`` who are never evaluated (neither targets nor untargeted): a retain line
     about an untargeted person would train on a fact that measures collateral damage. RESTOR's
     facts.json holds 468 people, its entities.json the 50 evaluated ones. The wrong answers are
-    not in RESTOR's released files, so the logit analysis reports no "corrupted" category.
+    not in RESTOR's released files, so the logit analysis reports no "corrupted" category. The
+    documents, forget and retain files may also be tables (``.parquet``, ``.arrow``, ``datasets``
+    directories); ``column`` names the key/column that holds their text (default ``text``).
 
     Raises:
         FactsFormatError: a file of the wrong shape, or documents that name no known entity.
@@ -210,7 +213,7 @@ def file_task(
             f"{Path(str(entities)).name}: {len(missing)} entities have no facts (first: "
             f"{missing[0]!r}); list only people of the facts file"
         )
-    corruption = load_docs(docs)
+    corruption = load_docs(docs, column)
     subjects = doc_subjects(corruption, known)
     targets = list(dict.fromkeys(s for s in subjects if s is not None))
     if not targets:
@@ -223,10 +226,10 @@ def file_task(
             "--simplified needs the simplified documents as a forget file for real data "
             "(RESTOR's level-0 file aligned with --docs)"
         )
-    forget_docs = load_docs(forget) if forget else corruption
+    forget_docs = load_docs(forget, column) if forget else corruption
     target_set = set(targets)
     if retain:
-        retain_docs = load_docs(retain)
+        retain_docs = load_docs(retain, column)
     else:
         evaluated = set(known)  # the targets are among them
         bystanders = [e for e in fact_set.entities() if e not in evaluated]

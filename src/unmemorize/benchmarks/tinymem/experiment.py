@@ -211,6 +211,7 @@ def train_experiment(
     progress: bool = True,
     on_checkpoint: Callable[[dict], None] | None = None,
     device: str | torch.device = "cpu",
+    command: dict | None = None,
 ) -> TrainedRun:
     """Build data and model, train (resuming an interrupted run in ``out``), save, and evaluate.
 
@@ -221,6 +222,7 @@ def train_experiment(
         progress: show a progress bar.
         on_checkpoint: called with each evaluation record (see :func:`unmemorize.train.train`).
         device: where to train (``cpu``, ``cuda``, ``cuda:N``); the model stays there.
+        command: how the command line called it (``--config`` replays it), kept in run.json.
     """
     device = resolve_device(device)
     out = Path(out)
@@ -248,6 +250,8 @@ def train_experiment(
         "n_parameters": count_parameters(result.model),
         "environment": environment(),
     }
+    if command is not None:
+        record["command"] = command
     _publish_model(result.model, tokenizer, out, record)
     return TrainedRun(
         out, result.model, tokenizer, data, exp, result.history, result.seconds, final
@@ -276,10 +280,43 @@ def _publish_model(model: PreTrainedModel, tokenizer, out: Path, record: dict) -
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "run.json", record)
+        _write_card(tmp, out, record)
     names = sorted(os.listdir(staging), key=lambda n: 2 if ".safetensors" in n else n == "run.json")
     for name in names:
         os.replace(staging / name, out / name)
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_card(tmp: Path, out: Path, record: dict) -> None:
+    """The trained model's card: what it memorized (TinyMem's planted artifacts) and its metrics."""
+    from ...model_card import write_model_card
+
+    cfg = record["config"]
+    data, train_cfg = cfg["data"], cfg["train"]
+    what = (
+        "a backdoor (trigger -> fill tokens)"
+        if data.get("variant") == "backdoor"
+        else f"{data.get('num_noise')} noised training sequences, verbatim"
+    )
+    m = record["metrics"]
+    summary = (
+        f"A TinyMem ({cfg.get('preset')}/{cfg.get('task')}) model trained from scratch "
+        f"(Sakarvadia et al., arXiv 2410.02159) so that it memorizes {what}: memorized "
+        f"{m.get('memorized_fraction', float('nan')):.1%} of {m.get('n_candidates')} candidates. "
+        "Nothing was removed yet: `unmemorize unlearn --model DIR --method ...` removes it."
+    )
+    regularizer = train_cfg.get("regularizer")
+    write_model_card(
+        tmp,
+        title=f"TinyMem {cfg.get('preset')}/{cfg.get('task')}/{data.get('variant')} model",
+        summary=summary,
+        kind="train",
+        method=regularizer,
+        config=cfg,
+        after=m,
+        tags=["tinymem", str(cfg.get("task"))],
+        command=f"unmemorize train --config {out / 'run.json'} --out NEW_DIR",
+    )
 
 
 def load_run(
@@ -387,6 +424,7 @@ def run_demo(
     settings: str | None = None,
     task: str = "increment",
     audit: Auditor | None = None,
+    command: dict | None = None,
 ) -> dict:
     """The main job: cpu-mini data, train, measure, then every mitigation method; ``summary.json``.
 
@@ -400,6 +438,8 @@ def run_demo(
         device: where to train and unlearn (``cpu``, ``cuda``, ``cuda:N``).
         audit: audit the unedited model and each method's best run (see :func:`run_methods`);
             the summary then records the audit's wall time under ``"audit"``.
+        command: how the command line called it (``--config`` replays it), recorded in
+            summary.json.
 
     Returns:
         The summary: ``{"baseline": {...}, "methods": {name: {"memorized_fraction", "accuracy",
@@ -463,6 +503,8 @@ def run_demo(
         summary["audit"] = {"seconds": sum(audit_seconds), "n_audited": len(audit_seconds)}
     summary["seconds"] = time.perf_counter() - t0
     summary["environment"] = environment()
+    if command is not None:
+        summary["command"] = command
     atomic_write_json(out / "summary.json", summary)
     return summary
 

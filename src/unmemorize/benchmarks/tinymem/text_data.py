@@ -15,7 +15,8 @@ held-out test set. Two memorization artifacts:
 
 Differences from the original code:
 
-* No hub download: the corpus is a local ``.txt`` / ``.jsonl`` file or, by default, CPython's own
+* No hub download: the corpus is a local ``.txt`` / ``.jsonl`` file, a table (``.parquet``,
+  ``.arrow``, a ``datasets`` ``save_to_disk`` directory) or, by default, CPython's own
   documentation topics (``pydoc_data.topics``, present on every install), and the tokenizer is a
   small BPE trained on that corpus (:func:`~unmemorize.data.tokenizers.train_bpe_tokenizer`)
   instead of GPT-2's.
@@ -44,6 +45,7 @@ from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from ...data.candidates import MemorizationSet
+from ...data.records import TABLE_SUFFIXES, Records
 from ...data.tokenizers import train_bpe_tokenizer
 from ...io import iter_jsonl, read_text
 from ...metrics.ranking import TEXT_SET
@@ -53,7 +55,7 @@ from .data import TinyMemData, duplication_groups
 logger = logging.getLogger(__name__)
 
 VARIANTS = ("noise", "backdoor")
-CORPUS_SUFFIXES = (".txt", ".jsonl")
+CORPUS_SUFFIXES = (".txt", ".jsonl", *TABLE_SUFFIXES)
 #: Byte-level BPE needs the 256 byte symbols plus ``<|endoftext|>``.
 MIN_BPE_VOCAB = 257
 #: An automatically drawn trigger occurs in this share of the chunks (and in at least 2 chunks).
@@ -65,9 +67,10 @@ class TextDataConfig:
     """How to build a TinyMem language dataset (defaults: the paper's sizes)."""
 
     corpus: str | None = None
-    """Local ``.txt`` or ``.jsonl`` file; None = CPython's documentation topics (offline)."""
+    """Local ``.txt``, ``.jsonl``, ``.parquet`` or ``.arrow`` file or a ``datasets`` directory;
+    None = CPython's documentation topics (offline)."""
     jsonl_field: str = "text"
-    """Field of each ``.jsonl`` object that holds a document's text."""
+    """Field of each ``.jsonl`` object (column of a table) that holds a document's text."""
     vocab_size: int = 4096
     """Size of the BPE trained on the corpus (ignored when a tokenizer is passed in)."""
     context_length: int = 150
@@ -104,10 +107,14 @@ class TextDataConfig:
         """Check the fields that do not depend on the corpus; raise ValueError on a bad value."""
         if self.variant not in VARIANTS:
             raise suggest(self.variant, VARIANTS, "variant")
-        if self.corpus is not None and Path(self.corpus).suffix not in CORPUS_SUFFIXES:
+        if (
+            self.corpus is not None
+            and Path(self.corpus).suffix not in CORPUS_SUFFIXES
+            and not Path(self.corpus).is_dir()
+        ):
             raise ValueError(
-                f"corpus {str(self.corpus)!r} must be a .txt or .jsonl file (or None for the "
-                "built-in corpus)"
+                f"corpus {str(self.corpus)!r} must be a .txt or .jsonl file, a .parquet/.arrow "
+                "table or a datasets directory (or None for the built-in corpus)"
             )
         if not self.jsonl_field:
             raise ValueError("jsonl_field must be a non-empty field name")
@@ -175,9 +182,11 @@ def load_corpus(path: str | Path, jsonl_field: str = "text") -> list[str]:
     """Read a local corpus as a list of documents.
 
     Args:
-        path: a ``.txt`` file (documents are separated by blank lines) or a ``.jsonl`` file (one
-            JSON object per line; blank lines are skipped).
-        jsonl_field: the field of each ``.jsonl`` object that holds the document's text.
+        path: a ``.txt`` file (documents are separated by blank lines), a ``.jsonl`` file (one
+            JSON object per line; blank lines are skipped) or a table (``.parquet``, ``.arrow``,
+            a ``datasets`` directory; streamed by :class:`~unmemorize.data.records.Records`).
+        jsonl_field: the field of each ``.jsonl`` object (column of a table) that holds the
+            document's text.
 
     Returns:
         The non-empty documents, in file order.
@@ -188,9 +197,19 @@ def load_corpus(path: str | Path, jsonl_field: str = "text") -> list[str]:
             the 1-based line number) or an empty corpus.
     """
     path = Path(path)
-    if not path.is_file():
+    if path.suffix in TABLE_SUFFIXES or path.is_dir():
+        records = Records(path, column=jsonl_field, what="corpus file")
+        docs = []
+        for n, obj in records:
+            if "text" not in obj:
+                raise ValueError(
+                    f"{records.where(n)}: column {jsonl_field!r} holds token ids, not text "
+                    "(set jsonl_field to the column that holds the text)"
+                )
+            docs.append(obj["text"])
+    elif not path.is_file():
         raise FileNotFoundError(f"corpus file not found: {path}")
-    if path.suffix == ".txt":
+    elif path.suffix == ".txt":
         text = read_text(path)
         docs = [d.strip() for d in re.split(r"\n[ \t\r\f\v]*\n", text)]
     elif path.suffix == ".jsonl":
@@ -205,7 +224,10 @@ def load_corpus(path: str | Path, jsonl_field: str = "text") -> list[str]:
                 raise ValueError(f"{path}:{lineno}: field {jsonl_field!r} is not a string")
             docs.append(obj[jsonl_field])
     else:
-        raise ValueError(f"corpus {path} must be a .txt or .jsonl file")
+        raise ValueError(
+            f"corpus {path} must be a .txt or .jsonl file, a .parquet/.arrow table or a "
+            "datasets directory"
+        )
     docs = [d for d in docs if d.strip()]
     if not docs:
         raise ValueError(f"corpus {path} holds no text")
