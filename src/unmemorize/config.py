@@ -7,6 +7,7 @@ the nearest valid key; values are parsed by the field's type.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import types
@@ -106,8 +107,11 @@ def format_overrides(params: Mapping[str, Any]) -> list[str]:
 
 
 def apply_overrides(config: Any, overrides: list[str]) -> Any:
-    """Return a copy of dataclass ``config`` with ``key=value`` overrides applied (dotted keys)."""
-    config = dataclasses.replace(config)
+    """Return a copy of dataclass ``config`` with ``key=value`` overrides applied (dotted keys).
+
+    The copy is deep: a nested section (``world``, ``train``, ...) of the input is never changed.
+    """
+    config = copy.deepcopy(config)
     for key, text in parse_overrides(overrides, example="train.epochs=50"):
         set_path(config, key, text)
     return config

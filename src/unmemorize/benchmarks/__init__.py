@@ -162,6 +162,18 @@ class Benchmark:
         """The run's score against the unedited model (lower is better); None when undefined."""
         return None
 
+    def split(self, prepared: Prepared, *, seed: int = 0) -> tuple[Prepared, Prepared] | None:
+        """Two disjoint halves of the rows that judge an edit: ``(validation, test)``.
+
+        Multi-seed runs (:mod:`unmemorize.benchmarks.seeds`) choose each method's configuration
+        by its score on the validation half and report the test half, so the reported numbers
+        are not the maximum of many noisy draws on the same rows. Both halves share
+        ``prepared.model`` and ``prepared.data`` (what the methods train on is unchanged) and
+        carry their own baseline. None (the default): the benchmark's score already selects on
+        held-out rows (RESTOR's ``recovery_val``), so no split is needed.
+        """
+        return None
+
     def audit_sets(self, prepared: Prepared) -> dict[str, Any]:
         """The rows an audit of an edit of ``prepared.model`` reads (:mod:`unmemorize.audit`).
 

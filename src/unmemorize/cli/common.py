@@ -66,6 +66,30 @@ def add_settings_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_seeds_arg(parser: argparse.ArgumentParser) -> None:
+    """``--seeds N``: N seeded base models, validation-chosen configurations, 95% intervals."""
+    parser.add_argument(
+        "--seeds",
+        type=positive_int,
+        metavar="N",
+        help="run on N independently seeded base models (data, init, order; seeds 0..N-1); each "
+        "method's configuration is chosen on validation rows and reported on disjoint test rows, "
+        "as mean and 95%% confidence interval over seeds, with paired comparisons of the top "
+        "methods (OUT/seed-<s>/ per seed; N times the time)",
+    )
+
+
 def add_track_args(parser: argparse.ArgumentParser) -> None:
     """--track / --track-dir: log loss curves and metrics to an experiment tracker."""
     parser.add_argument(

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import UserError
 from ..runtime import add_runtime_args, resolve_device
 from .common import (
     add_audit_flag,
     add_run_options,
+    add_seeds_arg,
     add_settings_arg,
     audit_config_from_args,
     audit_requested,
@@ -43,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "on the bundled corpus (scored with perplexity) (default: %(default)s)",
     )
     add_settings_arg(demo)
+    add_seeds_arg(demo)
     add_audit_flag(
         demo,
         "the unedited model and every method's best run (OUT/audit/<method>/audit.json; the "
@@ -61,6 +64,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     audit_requested(args)
+    if args.seeds is not None and args.audit:
+        raise UserError(
+            "--audit audits one model; with --seeds audit a seed's run afterwards: unmemorize "
+            "unlearn --model OUT/seed-0/model ... --audit"
+        )
     auditor = None
     if args.audit:
         from ..audit.pipeline import DEMO_RELEARN_LRS, BenchmarkAuditor
@@ -71,6 +79,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     methods = None
     if args.methods is not None:
         methods = tuple(m.strip() for m in args.methods.split(",") if m.strip() and m != "none")
+    if args.seeds is not None:
+        return _demo_seeds(args, methods, device)
     print(f"unmemorize demo: training a cpu-mini TinyMem model into {args.out}/ ...")
     summary = run_demo(
         args.out,
@@ -131,3 +141,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"summary: {Path(args.out) / 'summary.json'}   model: {summary['model_dir']}")
     return 0
 
+
+def _demo_seeds(args: argparse.Namespace, methods, device) -> int:
+    from ..benchmarks.tinymem.seeds import format_seeds_table, run_tinymem_seeds
+
+    print(
+        f"unmemorize demo: {args.seeds} seeds, a cpu-mini TinyMem model each, into {args.out}/ "
+        "(each method's configuration chosen on validation rows, reported on test rows) ..."
+    )
+    summary = run_tinymem_seeds(
+        args.out,
+        list(range(args.seeds)),
+        task=args.task,
+        overrides=tuple(args.overrides),
+        methods=methods,
+        settings=args.settings,
+        device=device,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+        command=getattr(args, "record", None),
+    )
+    print()
+    print(format_seeds_table(summary))
+    for seed, why in summary["seeds_skipped"].items():
+        print(f"  seed {seed} skipped: {why}")
+    print(f"  time             {summary['seconds']:6.0f} s")
+    print(f"summary: {Path(args.out) / 'summary.json'}   report: unmemorize report {args.out}")
+    return 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runtime import add_runtime_args, resolve_device, resolve_dtype
-from .common import add_run_options, add_settings_arg, add_track_args, tracked
+from .common import add_run_options, add_seeds_arg, add_settings_arg, add_track_args, tracked
 from .replay import add_config_option
 
 
@@ -79,6 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_option(rs)
     add_run_options(rs)
     add_settings_arg(rs)
+    add_seeds_arg(rs)
     rs.set_defaults(handler=cmd_restor)
 
     stats = rs.add_nested_command(
@@ -117,6 +118,8 @@ def cmd_restor(args: argparse.Namespace) -> int:
         for flag in ("facts", "entities", "docs", "forget", "retain", "column", "dtype"):
             if getattr(args, flag):
                 raise UserError(f"--{flag} needs --model (the synthetic world brings its own data)")
+        if args.seeds is not None:
+            return _restor_seeds(args, cfg, methods)
         print(f"unmemorize restor: {cfg.preset} world, level {cfg.unlearn.level} -> {args.out}/")
         with tracked(args, "restor", args.out, config=to_dict(cfg)):
             summary = run_restor(
@@ -129,6 +132,11 @@ def cmd_restor(args: argparse.Namespace) -> int:
                 command=getattr(args, "record", None),
             )
     else:
+        if args.seeds is not None:
+            raise UserError(
+                "--seeds varies the synthetic world and its models; with --model the data and "
+                "the clean model are given: drop --seeds"
+            )
         if not args.facts or not args.docs:
             raise UserError("--model needs --facts FILE and --docs FILE (RESTOR format)")
         task = file_task(
@@ -161,6 +169,31 @@ def cmd_restor(args: argparse.Namespace) -> int:
         "of target answers that are the corrupted answer;\nrecov: (acc - corrupted) / (clean - "
         "corrupted); lp_*: mean per-token log-prob of the correct / corrupted / random answers"
     )
+    print(f"time {summary['seconds']:.0f} s   summary: {Path(args.out) / 'summary.json'}")
+    return 0
+
+
+def _restor_seeds(args: argparse.Namespace, cfg, methods) -> int:
+    from ..benchmarks.restor.seeds import format_restor_seeds_table, run_restor_seeds
+    from ..config import to_dict
+
+    print(
+        f"unmemorize restor: {args.seeds} seeds of the {cfg.preset} world, level "
+        f"{cfg.unlearn.level} -> {args.out}/seed-<s>/ ..."
+    )
+    with tracked(args, "restor", args.out, config=to_dict(cfg)):
+        summary = run_restor_seeds(
+            args.out,
+            list(range(args.seeds)),
+            cfg,
+            methods=methods,
+            settings=args.settings,
+            progress=not args.no_progress,
+            overwrite=args.overwrite,
+            command=getattr(args, "record", None),
+        )
+    print()
+    print(format_restor_seeds_table(summary))
     print(f"time {summary['seconds']:.0f} s   summary: {Path(args.out) / 'summary.json'}")
     return 0
 

@@ -242,10 +242,55 @@ def grouped_bars_png(
         return _png(fig)
 
 
+def intervals_png(
+    names: Sequence[str],
+    means: Sequence[float | None],
+    lows: Sequence[float | None],
+    highs: Sequence[float | None],
+    *,
+    x_label: str,
+    title: str,
+    values: Sequence[Sequence[float | None]] | None = None,
+    reference: tuple[str, float] | None = None,
+) -> bytes:
+    """One row per method: the mean (a marker), its 95% interval (error bar) and, when given, the
+    per-seed ``values`` (small dots); the first name on top.
+
+    A row without an interval (one seed) shows the mean alone; a row without a mean is left empty.
+    """
+    height = max(2.4, 0.32 * len(names) + 1.3)
+    with _figure((FIGSIZE[0], height)) as fig:
+        ax = fig.subplots()
+        ys = list(range(len(names)))[::-1]
+        for i, y in enumerate(ys):
+            if means[i] is None:
+                continue
+            color, marker = method_style(i)
+            if lows[i] is not None and highs[i] is not None:
+                err = [[means[i] - lows[i]], [highs[i] - means[i]]]
+                ax.errorbar(
+                    [means[i]], [y], xerr=err, fmt=marker, color=color, capsize=4, markersize=6
+                )
+            else:
+                ax.plot([means[i]], [y], marker, color=color, markersize=6)
+            if values is not None:
+                seen = [v for v in values[i] if v is not None]
+                ax.plot(seen, [y] * len(seen), ".", color="black", alpha=0.45, markersize=4)
+        if reference is not None:
+            ax.axvline(reference[1], color="black", linestyle="--", linewidth=1, label=reference[0])
+            fig.legend(loc="outside right upper")
+        ax.set_yticks(ys, names)
+        ax.grid(axis="y", visible=False)
+        ax.set_xlabel(x_label)
+        ax.set_title(title)
+        return _png(fig)
+
+
 __all__ = [
     "DPI",
     "FIGSIZE",
     "grouped_bars_png",
+    "intervals_png",
     "method_style",
     "pareto_png",
     "seconds_png",

@@ -183,7 +183,43 @@ class RestorBenchmark(Benchmark):
     def report_section(
         self, index: int, title: str, record: Mapping[str, Any], *, path: Path | None = None
     ) -> Section:
-        """Clean vs corrupted vs each method's best run: tables and accuracy / log-prob figures."""
+        """Clean vs corrupted vs each method's best run: tables and accuracy / log-prob figures
+        (a ``--seeds`` summary: every cell a mean and 95% interval, error-bar figures)."""
+        if record.get("kind") == "seeds":
+            from ..seeds import seeds_section
+
+            return seeds_section(
+                index,
+                title,
+                record,
+                [
+                    ("recovery", "recovery", "signed"),
+                    ("target_accuracy", "target", "pct"),
+                    ("untargeted_accuracy", "untargeted", "pct"),
+                    ("target_wrong_answer_rate", "wrong answer", "pct"),
+                ],
+                baseline_rows=[
+                    (
+                        "clean",
+                        {
+                            "target_accuracy": "clean_target_accuracy",
+                            "untargeted_accuracy": "clean_untargeted_accuracy",
+                        },
+                    ),
+                    (
+                        "corrupted",
+                        {
+                            "target_accuracy": "corrupted_target_accuracy",
+                            "untargeted_accuracy": "corrupted_untargeted_accuracy",
+                            "target_wrong_answer_rate": "corrupted_wrong_answer_rate",
+                        },
+                    ),
+                ],  # fmt: skip
+                figure_metrics=[
+                    ("recovery", "recovery (1 = clean answers back)"),
+                    ("untargeted_accuracy", "untargeted accuracy"),
+                ],
+            )
         from .report import restor_section
 
         return restor_section(index, title, record)

@@ -158,6 +158,62 @@ class TinyMemBenchmark(Benchmark):
             model, state.data, state.forget_index, legacy_accuracy=state.legacy_accuracy
         )
 
+    def split(self, prepared: Prepared, *, seed: int = 0) -> tuple[Prepared, Prepared]:
+        """Validation and test halves of the memorization candidates and of every test set.
+
+        The candidates are split within two strata (memorized by the unedited model or not), so
+        each half holds half of the rows the methods must remove (±1); each test set is split at
+        random. Drawn from ``seed``; the halves are disjoint and together hold every row.
+        """
+        import dataclasses
+
+        import torch
+
+        from .experiment import evaluate_edit
+
+        state: TinyMemState = prepared.state
+        data = state.data
+        gen = torch.Generator().manual_seed(10_007 * seed + 17)
+        n = len(data.memorization)
+        memorized = torch.zeros(n, dtype=torch.bool)
+        memorized[state.forget_index] = True
+        val_mask = torch.zeros(n, dtype=torch.bool)
+        for stratum in (memorized, ~memorized):
+            rows = stratum.nonzero().flatten()
+            rows = rows[torch.randperm(len(rows), generator=gen)]
+            val_mask[rows[: len(rows) // 2]] = True
+        test_masks = {}
+        for name, ids in data.test_sets.items():
+            mask = torch.zeros(len(ids), dtype=torch.bool)
+            mask[torch.randperm(len(ids), generator=gen)[: len(ids) // 2]] = True
+            test_masks[name] = mask
+
+        def half(take_val: bool, label: str) -> Prepared:
+            keep = val_mask if take_val else ~val_mask
+            index = keep.nonzero().flatten()
+            sub = dataclasses.replace(
+                data,
+                memorization=data.memorization.subset(index),
+                test_sets={
+                    k: v[test_masks[k] if take_val else ~test_masks[k]]
+                    for k, v in data.test_sets.items()
+                },
+            )
+            forget = memorized[index].nonzero().flatten()  # positions inside the half
+            sub_state = TinyMemState(sub, forget, state.legacy_accuracy, state.tokenizer)
+            baseline = evaluate_edit(
+                prepared.model, sub, forget, legacy_accuracy=state.legacy_accuracy
+            )
+            info = {
+                "split": label,
+                "seed": seed,
+                "n_candidates": len(index),
+                "n_forget": len(forget),
+            }
+            return Prepared(prepared.model, prepared.data, baseline, sub_state, info)
+
+        return half(True, "validation"), half(False, "test")
+
     def score(self, baseline: Mapping[str, Any], metrics: Mapping[str, Any]) -> float | None:
         """The paper's selection score (relative change in memorization and utility)."""
         from ...metrics.ranking import selection_score
@@ -184,6 +240,30 @@ class TinyMemBenchmark(Benchmark):
         self, index: int, title: str, record: Mapping[str, Any], *, path: Path | None = None
     ) -> Section:
         """A demo or sweep summary (with the base model's training curves when ``path`` has them)."""
+        if record.get("kind") == "seeds":
+            from ..seeds import seeds_section
+
+            utility = "perplexity" if record.get("metric_form") == "perplexity" else "accuracy"
+            u_fmt = "num" if utility == "perplexity" else "pct"
+            return seeds_section(
+                index,
+                title,
+                record,
+                [
+                    ("score", "score", "num"),
+                    ("still_memorized_fraction", "still memorized", "pct"),
+                    ("memorized_fraction", "memorized", "pct"),
+                    (utility, utility, u_fmt),
+                    ("seconds", "seconds", "num"),
+                ],
+                baseline_rows=[
+                    ("(unedited)", {"memorized_fraction": "memorized_fraction", utility: utility}),
+                ],  # fmt: skip
+                figure_metrics=[
+                    ("score", "selection score (lower is better)"),
+                    ("still_memorized_fraction", "share still memorized"),
+                ],
+            )
         from .report import tinymem_section, training_history
 
         kind = "sweep" if record.get("kind") == "sweep" else "demo"

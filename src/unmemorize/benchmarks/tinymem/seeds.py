@@ -1,0 +1,239 @@
+"""TinyMem over several seeds: N base models, validation-chosen configurations, 95% intervals.
+
+Seed ``s`` sets ``data.seed`` (which rows are noised, the duplication groups, the splits) and
+``train.seed`` (initialisation and data order) of the experiment, so every base model differs in
+data, init and order. On each, every method's grid runs once and is judged on two disjoint halves
+of the memorization candidates and test sets
+(:meth:`~unmemorize.benchmarks.tinymem.benchmark.TinyMemBenchmark.split`); the configuration with
+the best validation score is reported on the test half. The protocol and the statistics are
+:mod:`unmemorize.benchmarks.seeds`.
+
+Layout of ``out``::
+
+    seed-<s>/model/        the seed's TinyMem run (resumed when interrupted)
+    seed-<s>/result.json   its rows; reused by a resumed run of the same configuration
+    summary.json           per method and metric: mean, ci95_low, ci95_high, n_seeds, values
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ...io import atomic_write_json, prepare_output_dir, read_json
+from ...metrics.intervals import bootstrap_proportion
+from ..seeds import SELECTION_NOTE, aggregate, best_by_validation, run_split_grid
+
+log = logging.getLogger(__name__)
+
+#: Row metrics aggregated over seeds (the accuracy of each math test set is added when present).
+ROW_KEYS = (
+    "memorized_fraction",
+    "still_memorized_fraction",
+    "accuracy",
+    "perplexity",
+    "seconds",
+    "changed_fraction",
+)
+SHARES = ("memorized_fraction", "still_memorized_fraction", "accuracy", "changed_fraction")
+BASELINE_KEYS = ("memorized_fraction", "n_memorized", "accuracy", "perplexity")
+
+
+def seed_overrides(seed: int) -> list[str]:
+    """The overrides that make seed ``seed``'s base model: its data and its training."""
+    return [f"data.seed={seed}", f"train.seed={seed}"]
+
+
+def run_tinymem_seeds(
+    out: str | Path,
+    seeds: Sequence[int],
+    *,
+    preset: str = "cpu-mini",
+    task: str = "increment",
+    variant: str = "noise",
+    overrides: Sequence[str] = (),
+    methods: Sequence[str] | None = None,
+    space: str = "demo",
+    settings: str | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    overwrite: bool = False,
+    resume: bool = False,
+    command: dict | None = None,
+    label: str | None = None,
+) -> dict[str, Any]:
+    """Train one base model per seed, run every method on each, and aggregate; ``summary.json``.
+
+    Args:
+        seeds: the seeds (``range(N)`` for ``--seeds N``).
+        preset, task, variant, overrides: the base model (as ``unmemorize train``); the seed's
+            :func:`seed_overrides` come last.
+        methods: run only these (default: every method of the space).
+        space: the TinyMem space (``demo``; ``--settings paper`` uses its ``paper-`` twin).
+        resume: keep what ``out`` holds and reuse each finished seed whose configuration matches
+            (``unmemorize reproduce``); without it a non-empty ``out`` needs ``overwrite``.
+        label: a name for the study (``reproduce``'s cell), recorded in the summary.
+
+    Returns:
+        The summary (see :func:`unmemorize.benchmarks.seeds.aggregate`), plus ``per_seed``: each
+        seed's baselines (validation and test halves), chosen rows and every run.
+    """
+    from ...methods import METHODS, NothingToUnlearnError
+    from ..runner import grid_jobs
+    from .benchmark import TinyMemBenchmark
+    from .experiment import is_finished_run, load_run, make_experiment, train_experiment
+
+    if not seeds:
+        raise ValueError("--seeds must be at least 1")
+    out = Path(out)
+    t0 = time.perf_counter()
+    bench = TinyMemBenchmark()
+    chosen = bench.get_settings(settings)
+    grid = bench.space(chosen.space_name(space))
+    names = list(grid) if methods is None else list(methods)
+    for name in names:
+        METHODS.get(name)  # unknown names fail before any work
+    experiments = {
+        s: make_experiment(preset, task, variant, [*overrides, *seed_overrides(s)]) for s in seeds
+    }
+    jobs = grid_jobs(grid, names, chosen)
+    if resume:
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        prepare_output_dir(out, overwrite)
+    per_seed: list[dict[str, Any]] = []
+    for s in seeds:
+        exp = experiments[s]
+        fingerprint = json.loads(
+            json.dumps(
+                {"experiment": exp.to_dict(), "settings": chosen.name, "jobs": jobs}, default=str
+            )
+        )
+        seed_dir = out / f"seed-{s}"
+        result_file = seed_dir / "result.json"
+        if result_file.is_file():
+            previous = read_json(result_file)
+            if previous.get("fingerprint") == fingerprint:
+                log.info("seed %d: reusing %s", s, result_file)
+                per_seed.append(previous)
+                continue
+        start = time.perf_counter()
+        model_dir = seed_dir / "model"
+        if is_finished_run(model_dir):
+            model, tokenizer, data = load_run(model_dir)
+            model.to(device)
+        else:
+            run = train_experiment(exp, model_dir, progress=progress, device=device)
+            model, tokenizer, data = run.model, run.tokenizer, run.data
+        train_seconds = time.perf_counter() - start
+        entry: dict[str, Any] = {
+            "seed": s,
+            "fingerprint": fingerprint,
+            "model_dir": str(model_dir),
+            "train_seconds": train_seconds,
+        }
+        try:
+            prepared = bench.prepare(model, data, chosen.name, tokenizer)
+        except NothingToUnlearnError as err:
+            log.warning("seed %d: %s", s, err)
+            entry.update({"skipped": str(err), "baseline": {}, "methods": {}, "runs": []})
+        else:
+            val, test, rows = run_split_grid(
+                bench, prepared, jobs, seed=s, progress=progress, desc=f"seed {s}"
+            )
+            n_forget = test.info["n_forget"]
+            best = best_by_validation(rows)
+            for row in best.values():
+                if "n_still_memorized" in row:
+                    boot = bootstrap_proportion(row["n_still_memorized"], n_forget, seed=s)
+                    row["still_memorized_boot95"] = [boot["boot95_low"], boot["boot95_high"]]
+            entry.update(
+                {
+                    "baseline": test.baseline,
+                    "baseline_val": val.baseline,
+                    "split": {"validation": val.info, "test": test.info},
+                    "methods": best,
+                    "runs": rows,
+                }
+            )
+        entry["seconds"] = time.perf_counter() - start
+        atomic_write_json(result_file, entry)
+        per_seed.append(entry)
+
+    used = [e for e in per_seed if "skipped" not in e]
+    set_keys = sorted(
+        {k for e in used for row in e["methods"].values() for k in row if k.startswith("accuracy/")}
+    )
+    summary: dict[str, Any] = {
+        "kind": "seeds",
+        "benchmark": bench.name,
+        "label": label,
+        "settings": chosen.name,
+        "preset": preset,
+        "task": task,
+        "variant": variant,
+        "overrides": list(overrides),
+        "experiment": experiments[seeds[0]].to_dict(),
+        "selection": SELECTION_NOTE,
+        "metric_form": "perplexity" if task == "text" else "accuracy",
+        **aggregate(
+            used,
+            [*ROW_KEYS, *set_keys],
+            baseline_keys=BASELINE_KEYS,
+            paired_keys=("score", "still_memorized_fraction"),
+            shares=SHARES,
+        ),
+        "seeds_skipped": {e["seed"]: e["skipped"] for e in per_seed if "skipped" in e},
+        "per_seed": per_seed,
+        "seconds": time.perf_counter() - t0,
+    }
+    from ...runtime import environment
+
+    summary["environment"] = environment()
+    if command is not None:
+        summary["command"] = command
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def format_seeds_table(summary: Mapping[str, Any]) -> str:
+    """The CLI's table: per method, mean [95% CI] of score, memorized and utility over seeds."""
+    from ..seeds import interval_text, paired_text
+
+    text = summary.get("metric_form") == "perplexity"
+    utility = "perplexity" if text else "accuracy"
+
+    def pct(x: float) -> str:
+        return f"{x:.1%}"
+
+    def num(x: float) -> str:
+        return f"{x:.3f}"
+
+    u_fmt = num if text else pct
+    head = f"{'method':<22} {'score':>26} {'still memorized':>26} {utility:>26}  configs"
+    lines = [head, "-" * len(head)]
+    base = summary["baseline"]
+    lines.append(
+        f"{'(unedited)':<22} {'':>26} {interval_text(base.get('memorized_fraction'), pct):>26} "
+        f"{interval_text(base.get(utility), u_fmt):>26}"
+    )
+    for name, m in summary["methods"].items():
+        configs = sorted({" ".join(c) for c in m.get("configs", []) if c is not None})
+        lines.append(
+            f"{name:<22} {interval_text(m.get('score'), num):>26} "
+            f"{interval_text(m.get('still_memorized_fraction'), pct):>26} "
+            f"{interval_text(m.get(utility), u_fmt):>26}  {' | '.join(configs) or '(defaults)'}"
+        )
+    lines.append(
+        f"mean [95% CI] over {summary['n_seeds']} seeds; configuration chosen on validation rows, "
+        "reported on disjoint test rows"
+    )
+    lines += [paired_text(c) for c in summary.get("paired", [])]
+    return "\n".join(lines)
+
+
+__all__ = ["format_seeds_table", "run_tinymem_seeds", "seed_overrides"]

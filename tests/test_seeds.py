@@ -1,0 +1,210 @@
+"""Issue 16: several seeds, validation-chosen configurations, 95% intervals and paired comparisons."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from unmemorize.benchmarks.seeds import VALIDATION_SCORE, aggregate, best_by_validation
+from unmemorize.cli.main import main
+from unmemorize.metrics.intervals import (
+    aggregate_seeds,
+    bootstrap_proportion,
+    paired_difference,
+    t_interval,
+    t_quantile_975,
+)
+
+# ------------------------------------------------------------------------------ statistics
+
+
+def test_t_interval_matches_the_textbook_formula():
+    ci = t_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t_{0.975,2} = 4.303
+    half = 4.303 / math.sqrt(3)
+    assert ci["mean"] == pytest.approx(2.0) and ci["sd"] == pytest.approx(1.0)
+    assert (ci["ci95_low"], ci["ci95_high"]) == pytest.approx((2 - half, 2 + half))
+    assert ci["n_seeds"] == 3
+
+
+def test_t_interval_with_one_or_no_finite_value_has_no_bounds():
+    one = t_interval([0.4, float("nan"), None])
+    assert one["mean"] == 0.4 and one["ci95_low"] is None and one["n_seeds"] == 1
+    assert t_interval([])["mean"] is None
+
+
+def test_t_quantile_table_and_expansion_agree_at_the_seam():
+    assert t_quantile_975(1) == 12.706 and t_quantile_975(30) == 2.042
+    assert t_quantile_975(31) == pytest.approx(2.0395, abs=2e-4)  # exact: 2.03951
+    assert t_quantile_975(60) == pytest.approx(2.0003, abs=2e-4)  # exact: 2.00030
+    assert t_quantile_975(1000) == pytest.approx(1.9623, abs=2e-4)  # exact: 1.96234
+    with pytest.raises(ValueError):
+        t_quantile_975(0)
+
+
+def test_bootstrap_proportion_brackets_the_share_and_degenerates_at_the_ends():
+    mid = bootstrap_proportion(10, 20)
+    assert mid["value"] == 0.5 and mid["boot95_low"] < 0.5 < mid["boot95_high"]
+    assert 0.2 <= mid["boot95_low"] <= 0.35 and 0.65 <= mid["boot95_high"] <= 0.8
+    assert bootstrap_proportion(0, 20)["boot95_high"] == 0.0
+    assert bootstrap_proportion(20, 20)["boot95_low"] == 1.0
+    assert bootstrap_proportion(0, 0)["value"] is None
+    with pytest.raises(ValueError):
+        bootstrap_proportion(3, 2)
+
+
+def test_paired_difference_is_tighter_than_the_marginals_and_says_when_it_excludes_zero():
+    a, b = [0.10, 0.50, 0.90], [0.05, 0.44, 0.86]  # wide spread across seeds, steady gap
+    marginal = t_interval(a)
+    paired = paired_difference(a, b)
+    assert paired["mean_difference"] == pytest.approx(0.05)
+    assert paired["excludes_zero"] and paired["ci95_low"] > 0
+    assert marginal["ci95_low"] < b[0]  # the marginal intervals overlap
+    mixed = paired_difference([0.1, 0.2, 0.3], [0.2, 0.1, 0.3])
+    assert not mixed["excludes_zero"]
+    with pytest.raises(ValueError):
+        paired_difference([1.0], [1.0, 2.0])
+
+
+def test_share_intervals_are_clipped_to_zero_one():
+    rows = [{"acc": 0.99, "loss": 0.99}, {"acc": 0.5, "loss": 0.5}]
+    agg = aggregate_seeds(rows, ["acc", "loss"], shares=("acc",))
+    assert agg["acc"]["ci95_high"] == 1.0 and agg["acc"]["ci95_low"] == 0.0
+    assert agg["loss"]["ci95_high"] > 1.0  # not a share: the t interval as it is
+    assert agg["acc"]["values"] == [0.99, 0.5]
+
+
+def test_aggregate_ranks_by_mean_and_pairs_the_best_with_the_next():
+    per_seed = [
+        {"seed": s, "baseline": {"m": 0.8}, "methods": {
+            "good": {"score": -0.9 + d, "m": 0.0, "overrides": ["lr=1"]},
+            "fair": {"score": -0.5 + d, "m": 0.2, "overrides": ["lr=2"]},
+            "bad": {"score": 1.0 + d, "m": 0.8, "overrides": []},
+        }}
+        for s, d in enumerate([0.0, 0.05, -0.03])
+    ]  # fmt: skip
+    per_seed[2]["methods"].pop("bad")  # a method missing on a seed counts on the others
+    out = aggregate(per_seed, ["m"], baseline_keys=["m"], n_paired=3)
+    assert list(out["methods"]) == ["good", "fair", "bad"]
+    good = out["methods"]["good"]
+    assert set(good["score"]) >= {"mean", "ci95_low", "ci95_high", "n_seeds", "values"}
+    assert good["score"]["n_seeds"] == 3 and out["methods"]["bad"]["score"]["n_seeds"] == 2
+    assert good["configs"] == [["lr=1"]] * 3
+    assert [(p["a"], p["b"]) for p in out["paired"]] == [("good", "fair"), ("good", "bad")]
+    assert out["paired"][0]["mean_difference"] == pytest.approx(-0.4)
+    assert out["paired"][0]["excludes_zero"]
+    assert out["baseline"]["m"]["mean"] == pytest.approx(0.8)
+
+
+def test_the_best_configuration_is_chosen_on_validation_rows_not_the_reported_ones():
+    rows = [
+        {"method": "ga", "overrides": ["lr=1"], "score": -0.99, VALIDATION_SCORE: -0.2},
+        {"method": "ga", "overrides": ["lr=2"], "score": -0.50, VALIDATION_SCORE: -0.6},
+        {"method": "npo", "overrides": [], "score": -0.1, VALIDATION_SCORE: float("nan")},
+    ]
+    best = best_by_validation(rows)
+    assert best["ga"]["overrides"] == ["lr=2"]  # the test-best lr=1 is not picked
+    assert best["npo"]["overrides"] == []
+
+
+# ------------------------------------------------------------------------------ TinyMem split
+
+
+def test_tinymem_split_halves_are_disjoint_and_cover_every_row(tiny_run):
+    from unmemorize.benchmarks.tinymem.benchmark import TinyMemBenchmark
+
+    bench = TinyMemBenchmark()
+    prepared = bench.prepare(tiny_run.model, tiny_run.data)
+    val, test = bench.split(prepared, seed=3)
+    mem = tiny_run.data.memorization
+    n_forget = len(prepared.state.forget_index)
+    assert val.info["n_candidates"] + test.info["n_candidates"] == len(mem)
+    assert val.info["n_forget"] + test.info["n_forget"] == n_forget
+    assert abs(val.info["n_forget"] - test.info["n_forget"]) <= 1  # stratified
+    # disjoint: no candidate row is in both halves
+    val_rows = {tuple(r.tolist()) for r in val.state.data.memorization.target_ids}
+    test_rows = {tuple(r.tolist()) for r in test.state.data.memorization.target_ids}
+    all_rows = {tuple(r.tolist()) for r in mem.target_ids}
+    assert len(val_rows) + len(test_rows) == len(all_rows) and val_rows | test_rows == all_rows
+    for name, ids in tiny_run.data.test_sets.items():
+        assert len(val.state.data.test_sets[name]) + len(test.state.data.test_sets[name]) == len(
+            ids
+        )
+    # each half's baseline counts its own memorized rows; the methods' data is shared
+    assert (
+        val.baseline["n_memorized"] + test.baseline["n_memorized"]
+        == prepared.baseline["n_memorized"]
+    )
+    assert val.data is prepared.data and test.data is prepared.data
+    # the seed picks the split; the same seed the same split
+    again, _ = bench.split(prepared, seed=3)
+    assert again.state.forget_index.tolist() == val.state.forget_index.tolist()
+    assert bench.split(prepared, seed=3)[0].baseline == val.baseline
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+@pytest.mark.slow
+def test_demo_seeds_writes_intervals_per_method_and_metric_and_a_report_with_error_bars(
+    tmp_path, capsys
+):
+    from .conftest import TINY_OVERRIDES
+
+    out = tmp_path / "seeds"
+    argv = ["demo", "--seeds", "2", "--methods", "ga,finetune_clean", "--out", str(out)]
+    assert main([*argv, "--no-progress", *TINY_OVERRIDES]) == 0
+    printed = capsys.readouterr().out
+    assert "95% CI" in printed and "finetune_clean" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kind"] == "seeds" and summary["n_seeds"] == 2 and summary["seeds"] == [0, 1]
+    assert set(summary["methods"]) == {"ga", "finetune_clean"}
+    for name, entry in summary["methods"].items():
+        for metric in ("score", "still_memorized_fraction", "accuracy", "memorized_fraction"):
+            assert {"mean", "ci95_low", "ci95_high", "n_seeds"} <= set(entry[metric]), name
+            assert entry[metric]["n_seeds"] == 2
+            low, high = entry[metric]["ci95_low"], entry[metric]["ci95_high"]
+            assert low <= entry[metric]["mean"] <= high
+    assert summary["paired"] and summary["paired"][0]["n_seeds"] == 2
+    # two different base models: the seeds changed the data
+    seeds = summary["per_seed"]
+    assert seeds[0]["baseline"] != seeds[1]["baseline"]
+    for entry in seeds:  # chosen on validation rows, reported on the test half
+        assert entry["split"]["validation"]["n_candidates"] > 0
+        for row in entry["methods"].values():
+            assert "val" in row and VALIDATION_SCORE in row and "still_memorized_boot95" in row
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    figures = sorted(p.name for p in (tmp_path / "report" / "figures").iterdir())
+    assert any(f.startswith("seeds-score") for f in figures)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "95% confidence interval" in md and "Paired comparisons" in md
+
+
+@pytest.mark.slow
+def test_restor_seeds_aggregates_worlds(tmp_path, capsys):
+    out = tmp_path / "rs"
+    argv = ["restor", "--preset", "micro", "--seeds", "2", "--methods", "ga", "--out", str(out)]
+    assert main([*argv, "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["benchmark"] == "restor" and summary["n_seeds"] == 2
+    ga = summary["methods"]["ga"]
+    for metric in ("target_accuracy", "untargeted_accuracy", "untargeted_loss"):
+        assert {"mean", "ci95_low", "ci95_high", "n_seeds"} <= set(ga[metric])
+    assert (out / "seed-0" / "summary.json").is_file() and (out / "seed-1" / "clean").is_dir()
+    worlds = [
+        json.loads((out / f"seed-{s}" / "data" / "entities.json").read_text()) for s in (0, 1)
+    ]
+    assert worlds[0] != worlds[1]
+
+
+def test_restor_seeds_with_a_given_model_is_a_one_line_error(tmp_path, capsys):
+    code = main(["restor", "--seeds", "2", "--model", str(tmp_path), "--facts", "f", "--docs", "d"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--seeds" in err[0]
+
+
+def test_seeds_must_be_positive(capsys):
+    assert main(["demo", "--seeds", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "at least 1" in err[0]
