@@ -38,6 +38,7 @@ COMMANDS: tuple[str, ...] = (
     "mine",
     "report",
     "eval",
+    "reproduce",
 )
 
 EXAMPLES = """\
@@ -53,6 +54,8 @@ examples:
   unmemorize restor --out runs/restor               corrupt, unlearn, measure what comes back
   unmemorize eval --model runs/bs --original unmemorize-demo/model --tasks hellaswag --out runs/e
   unmemorize restor stats --facts facts.json --entities entities.json --docs mix_a0.json
+  unmemorize demo --seeds 3 --out runs/seeds       every method over 3 base models, 95% intervals
+  unmemorize reproduce tinymem --seeds 3 --out repro/tinymem   the paper's grid, findings checked
 """
 
 #: OS errors that are the machine's state, not a bug: printed as one line saying what to do.

@@ -135,6 +135,8 @@ def run_tinymem_seeds(
             "fingerprint": fingerprint,
             "model_dir": str(model_dir),
             "train_seconds": train_seconds,
+            # the base model's own evaluation (all rows; memorization per duplication group)
+            "base_metrics": read_json(model_dir / "run.json").get("metrics", {}),
         }
         try:
             prepared = bench.prepare(model, data, chosen.name, tokenizer)

@@ -1,0 +1,260 @@
+"""``unmemorize reproduce restor``: RESTOR's corruption levels over seeds, gradient and localization
+methods side by side.
+
+Rezaei et al. 2024 (arXiv 2411.00204) corrupt a model with documents that state wrong facts about
+target people, mixed with k unrelated true facts per wrong one (level k), unlearn the documents,
+and ask whether the clean answers come back (``recovery``). Their headline: most methods forget the
+wrong facts without restoring the right ones, while NPO-style preference losses restore a large
+share. RESTOR tried only gradient methods; TinyMem's localization methods (BalancedSubnet,
+Durable, Zero-out, Subnet) and SSD's dampening run here on the same documents, which asks a
+question neither paper asked: does editing a few units restore knowledge?
+
+Cells: levels 0, 1, 2 on the whole documents, and level 1 on the wrong-fact sentences only
+(RESTOR's simplified, localized forget set). Each cell is :func:`~.seeds.run_restor_seeds` with
+``resume=True`` (finished seeds are reused). The findings checked per cell (:func:`findings`):
+
+* "the best method recovers >= 0.5 of the corruption's damage": the best mean recovery, with its
+  95% interval above 0, at <= 5 points of untargeted accuracy lost;
+* "NPO restores more than GA": the paired difference of recovery, NPO - GA, over the seeds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...io import atomic_write_json, atomic_write_text
+
+#: RESTOR's gradient methods, SSD, and the localization methods RESTOR did not try.
+METHODS: tuple[str, ...] = (
+    "ga",
+    "grad_diff",
+    "kl",
+    "npo",
+    "simnpo",
+    "task_vector",
+    "ssd",
+    "balanced_subnet",
+    "durable",
+    "zero_out",
+    "subnet",
+)
+#: The untargeted accuracy a method may lose (points) and still count as restoring.
+MAX_UNTARGETED_LOSS = 0.05
+RECOVERY_TARGET = 0.5
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    level: int
+    simplified: bool = False
+
+
+CELLS: tuple[Cell, ...] = (
+    Cell("level-0", 0),
+    Cell("level-1", 1),
+    Cell("level-2", 2),
+    Cell("level-1-simplified", 1, simplified=True),
+)
+
+
+def get_cells(names: str | Sequence[str] | None) -> list[Cell]:
+    """The cells named (comma-separated or a list; default: all), in order."""
+    from ...registry import suggest
+
+    if names is None:
+        return list(CELLS)
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    known = {c.name: c for c in CELLS}
+    for name in names:
+        if name not in known:
+            raise suggest(name, list(known), "cell", "(cells of `unmemorize reproduce restor`)")
+    return [c for c in CELLS if c.name in names]
+
+
+def findings(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """RESTOR's targets checked against one cell's multi-seed summary."""
+    from ...metrics.intervals import paired_difference
+
+    methods = summary.get("methods", {})
+    eligible = [
+        (name, m)
+        for name, m in methods.items()
+        if (m.get("recovery") or {}).get("mean") is not None
+        and ((m.get("untargeted_loss") or {}).get("mean") or 0.0) <= MAX_UNTARGETED_LOSS
+    ]
+    out: dict[str, Any] = {}
+    if eligible:
+        name, m = max(eligible, key=lambda item: item[1]["recovery"]["mean"])
+        rec = m["recovery"]
+        low = rec.get("ci95_low")
+        holds = rec["mean"] >= RECOVERY_TARGET and low is not None and low > 0
+        out["best_recovery"] = {
+            "method": name,
+            "recovery": rec,
+            "untargeted_loss": m.get("untargeted_loss"),
+            "verdict": "holds" if holds else "does not hold",
+        }
+    else:
+        out["best_recovery"] = {"verdict": "does not hold", "method": None}
+    seeds = summary.get("per_seed", [])
+    pair = paired_difference(
+        [e["methods"].get("npo", {}).get("recovery") for e in seeds],
+        [e["methods"].get("ga", {}).get("recovery") for e in seeds],
+    )
+    if pair["mean_difference"] is None:
+        verdict = "not measured"
+    elif pair["excludes_zero"]:
+        verdict = "holds" if pair["mean_difference"] > 0 else "reversed (GA restores more)"
+    else:
+        verdict = "within noise"
+    out["npo_vs_ga"] = {**pair, "verdict": verdict}
+    return out
+
+
+def reproduce_restor(
+    out: str | Path,
+    *,
+    seeds: int = 3,
+    cells: str | Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    preset: str = "cpu-mini",
+    overrides: Sequence[str] = (),
+    settings: str | None = None,
+    progress: bool = True,
+    command: dict | None = None,
+) -> dict[str, Any]:
+    """Every chosen cell over ``seeds`` worlds into ``out/<cell>/``; ``out/summary.json`` and
+    ``out/REPORT.md`` put the cells side by side."""
+    from .config import make_restor_config
+    from .seeds import run_restor_seeds
+
+    out = Path(out)
+    chosen = get_cells(cells)
+    names = list(methods or METHODS)
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {}
+    for cell in chosen:
+        start = time.perf_counter()
+        cfg = make_restor_config(
+            preset, overrides, level=cell.level, simplified=cell.simplified, settings=settings
+        )
+        summary = run_restor_seeds(
+            out / cell.name,
+            list(range(seeds)),
+            cfg,
+            methods=names,
+            settings=settings,
+            progress=progress,
+            resume=True,
+            label=cell.name,
+        )
+        results[cell.name] = {
+            "level": cell.level,
+            "simplified": cell.simplified,
+            "seconds": time.perf_counter() - start,
+            "baseline": summary["baseline"],
+            "methods": {
+                n: {k: m.get(k) for k in ("recovery", "untargeted_loss", "target_accuracy")}
+                for n, m in summary["methods"].items()
+            },
+            "check": findings(summary),
+        }
+    record = {
+        "kind": "reproduce",
+        "study": "restor",
+        "paper": "Rezaei et al. 2024, arXiv 2411.00204",
+        "n_seeds": seeds,
+        "preset": preset,
+        "overrides": list(overrides),
+        "settings": settings or "default",
+        "cells": results,
+        "seconds": time.perf_counter() - t0,
+    }
+    if command is not None:
+        record["command"] = command
+    atomic_write_json(out / "summary.json", record)
+    atomic_write_text(out / "REPORT.md", format_reproduce_report(record))
+    return record
+
+
+def format_reproduce_report(record: Mapping[str, Any]) -> str:
+    """Per cell and method: recovery and untargeted loss (mean [95% CI]); the findings checked."""
+    from ..seeds import interval_text
+
+    def signed(x: float) -> str:
+        return f"{x:+.2f}"
+
+    def pts(x: float) -> str:
+        return f"{100 * x:+.1f}"
+
+    cells = record["cells"]
+    names: list[str] = []
+    for cell in cells.values():
+        names += [n for n in cell["methods"] if n not in names]
+    lines = [
+        "# RESTOR reproduction (synthetic world, cpu-mini scale)",
+        "",
+        f"{record['paper']}; {record['n_seeds']} seeds (worlds) per cell, settings "
+        f"{record['settings']}; configuration chosen on validation target facts; mean [95% CI] "
+        f"over seeds. Wall time {record['seconds'] / 60:.0f} min.",
+        "",
+        "Recovery (1 = the clean answers are back, 0 = as corrupted); in brackets the untargeted "
+        "accuracy lost (points; collateral damage).",
+        "",
+        "| method | " + " | ".join(cells) + " |",
+        "|:---|" + "---:|" * len(cells),
+    ]
+    for name in names:
+        cols = []
+        for cell in cells.values():
+            m = cell["methods"].get(name)
+            if not m:
+                cols.append("–")
+                continue
+            loss = (m.get("untargeted_loss") or {}).get("mean")
+            cols.append(
+                f"{interval_text(m.get('recovery'), signed)}"
+                + ("" if loss is None else f" ({pts(-loss)})")
+            )
+        lines.append(f"| {name} | " + " | ".join(cols) + " |")
+    lines += ["", "| cell | best recovery at <= 5 points untargeted loss | NPO - GA recovery |",
+              "|:---|:---|:---|"]  # fmt: skip
+    for cell_name, cell in cells.items():
+        best = cell["check"]["best_recovery"]
+        pair = cell["check"]["npo_vs_ga"]
+        best_text = (
+            f"{best['method']} {interval_text(best['recovery'], signed)}: "
+            f"**{best['verdict']}** (target >= {RECOVERY_TARGET}, CI above 0)"
+            if best.get("method")
+            else "**does not hold**: no method within the untargeted-loss budget"
+        )
+        pair_text = (
+            "–"
+            if pair["mean_difference"] is None
+            else f"{pair['mean_difference']:+.2f}"
+            + (
+                f" [{pair['ci95_low']:+.2f}, {pair['ci95_high']:+.2f}]"
+                if pair["ci95_low"] is not None
+                else ""
+            )
+            + f": **{pair['verdict']}**"
+        )
+        lines.append(f"| {cell_name} | {best_text} | {pair_text} |")
+    lines += ["", "Per cell: `unmemorize report OUT/<cell>`.", ""]
+    return "\n".join(lines)
+
+
+__all__ = [
+    "CELLS",
+    "METHODS",
+    "findings",
+    "format_reproduce_report",
+    "get_cells",
+    "reproduce_restor",
+]
