@@ -130,4 +130,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"  time             {summary['seconds']:6.0f} s")
     print(f"summary: {Path(args.out) / 'summary.json'}   model: {summary['model_dir']}")
     return 0
-
