@@ -134,3 +134,57 @@ def test_config_of_another_command_or_without_record_is_one_line(tmp_path, capsy
         code = main(["demo", "--config", str(path), "--out", str(tmp_path / "o")])
         err = capsys.readouterr().err
         assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+#: A tiny language run (~20 s on one core): 2 layers, d=32, 300 chunks of 48 tokens, 30 of them
+#: noised (seen 1, 10 or 100 times an epoch); memorizes about 9 of its 23 candidates in 10 epochs.
+TINY_TEXT_OVERRIDES = [
+    "model.n_layers=2",
+    "model.d_model=32",
+    "model.context_length=48",
+    "data.context_length=48",
+    "data.max_chunks=300",
+    "data.vocab_size=512",
+    "data.num_noise=30",
+    "data.num_test=50",
+    "data.prefix_len=16",
+    "data.suffix_len=16",
+    "train.epochs=10",
+    "train.batch_size=32",
+    "train.lr=0.003",
+    "train.checkpoint_every=5",
+]
+
+
+# last in the module: "one_thread" (module-scoped) stays set until the module ends
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")  # ~20 s on one thread; minutes on 2 busy cores
+def test_demo_text_task_ranks_methods_by_the_perplexity_score(tmp_path, capsys):
+    """Issue 14: `demo --task text` runs the language variant end to end and scores every run
+    with the perplexity form of the TinyMem score, though its metrics carry ``accuracy/text``."""
+    from unmemorize.metrics.ranking import selection_score
+
+    out = tmp_path / "demo"
+    argv = ["demo", "--task", "text", "--out", str(out), "--no-progress"]
+    code = main([*argv, "--methods", "zero_out,ga", *TINY_TEXT_OVERRIDES])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["experiment"]["task"] == "text"
+    base = summary["baseline"]
+    assert base["n_memorized"] > 0  # something to remove, so the ranking is exercised
+    assert "accuracy/text" in base  # what made the accuracy form win before the fix
+    runs = summary["runs"]
+    assert {r["method"] for r in runs} == {"zero_out", "ga"}
+    for row in runs:
+        assert row["score"] == selection_score(base, row, utility="perplexity"), row["method"]
+    # the two forms differ on these runs: the test tells them apart
+    assert any(r["score"] != selection_score(base, r, utility="accuracy") for r in runs)
+    assert [r["score"] for r in runs] == sorted(r["score"] for r in runs)  # best first
+    best = [row["score"] for row in summary["methods"].values()]
+    assert best == sorted(best) and best[0] == runs[0]["score"]
+    assert (
+        next(iter(summary["methods"].values()))["memorized_fraction"] < base["memorized_fraction"]
+    )
+    assert "language variant" in printed
+    assert "score: relative change in % memorized plus relative change in perplexity" in printed

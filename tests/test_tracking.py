@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 
 import pytest
@@ -151,3 +152,39 @@ def test_cli_train_then_unlearn_tracked(tiny_run, tmp_path):
     assert len(curve) >= 3 and all(math.isfinite(v) for _, v in curve)
     assert "before/memorized_fraction" in scalars
     assert "ga/memorized_fraction" in scalars
+
+
+@needs_mlflow
+@pytest.mark.slow
+def test_cli_unlearn_tracked_to_a_local_mlflow_store(tiny_run, tmp_path):
+    """`unlearn --track mlflow --track-dir DIR`: MLflow's own client reads the run back from the
+    local store DIR/mlruns (issue 17's acceptance, through the command line)."""
+    from mlflow.tracking import MlflowClient
+
+    store = tmp_path / "mlf"
+    code = main(
+        ["unlearn", "--model", str(tiny_run.out), "--method", "ga", "--out", str(tmp_path / "u")]
+        + ["--no-progress", "--track", "mlflow", "--track-dir", str(store), "epochs=3"]
+    )
+    assert code == 0
+    client = MlflowClient((store / "mlruns").resolve().as_uri())
+    (experiment,) = [e for e in client.search_experiments() if e.name == "unmemorize"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name.startswith("unlearn-u-")
+    assert run.data.params == {"model": str(tiny_run.out), "method": "ga", "overrides": "epochs=3"}
+    curve = client.get_metric_history(run.info.run_id, "ga/loss")
+    assert len(curve) >= 3 and all(math.isfinite(m.value) for m in curve)
+    assert [m.step for m in curve] == list(range(len(curve)))
+    record = json.loads((tmp_path / "u" / "run.json").read_text())
+    before = record["before"]["memorized_fraction"]
+    assert run.data.metrics["before/memorized_fraction"] == pytest.approx(before)
+    assert run.data.metrics["ga/memorized_fraction"] == pytest.approx(
+        record["after"]["memorized_fraction"]
+    )
+    # "accuracy" (the mean) beside "accuracy/increment" (one set): a file store cannot hold both
+    # as paths, so MLflow names keep their first "/" only
+    (per_set,) = [k for k in record["before"] if k.startswith("accuracy/")]  # accuracy/<set>
+    assert run.data.metrics["before/accuracy"] == pytest.approx(record["before"]["accuracy"])
+    assert run.data.metrics[f"before/{per_set.replace('/', '.')}"] == pytest.approx(
+        record["before"][per_set]
+    )

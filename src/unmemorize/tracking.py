@@ -27,6 +27,8 @@ Where runs go:
 * ``mlflow``: with ``--track-dir DIR``, a local store ``file:DIR/mlruns``; otherwise
   ``MLFLOW_TRACKING_URI`` when set (a server, ``sqlite:///...``), else
   ``file:unmemorize-tracking/mlruns``. Experiment ``unmemorize`` (or ``MLFLOW_EXPERIMENT_NAME``).
+  Metric names keep their first ``/`` only (``before/accuracy.increment``;
+  :func:`mlflow_metric_name`).
 * ``wandb``: project ``unmemorize``, run name as above; ``--track-dir`` is wandb's ``dir``.
 """
 
@@ -91,12 +93,34 @@ def _tracker(kind: str, directory: str | Path | None, run_name: str):
             # what a directory given on the command line asks for.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             mlflow.set_tracking_uri(store.as_uri())
-        return acc.MLflowTracker(experiment_name=EXPERIMENT, run_name=run_name)
+
+        class MLflowTracker(acc.MLflowTracker):
+            """Accelerate's MLflow tracker with metric names a file store can hold
+            (:func:`mlflow_metric_name`)."""
+
+            def log(self, values: dict, step: int | None = None, **kwargs) -> None:
+                named = {mlflow_metric_name(k): v for k, v in values.items()}
+                super().log(named, step=step, **kwargs)
+
+        return MLflowTracker(experiment_name=EXPERIMENT, run_name=run_name)
     kwargs = {"name": run_name}
     if directory is not None:
         Path(directory).mkdir(parents=True, exist_ok=True)
         kwargs["dir"] = str(directory)
     return acc.WandBTracker(EXPERIMENT, **kwargs)
+
+
+def mlflow_metric_name(name: str) -> str:
+    """``name`` as logged to MLflow: the first ``/`` kept (the group: ``before``, ``train``, a
+    method), later ones written as ``.``.
+
+    MLflow's local file store keeps a metric as a file at its name's path, so one name cannot be
+    both a metric and a folder: ``before/accuracy`` (the mean over test sets) beside
+    ``before/accuracy/increment`` (one set) fails with "Is a directory". With one ``/`` at most,
+    no name is a folder of another (``before/accuracy.increment``). TensorBoard keeps the names.
+    """
+    group, sep, rest = name.partition("/")
+    return group + sep + rest.replace("/", ".")
 
 
 def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -215,6 +239,7 @@ __all__ = [
     "check_tracker",
     "log_curve",
     "log_scalars",
+    "mlflow_metric_name",
     "run_label",
     "track",
 ]
