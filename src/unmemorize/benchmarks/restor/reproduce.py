@@ -14,7 +14,8 @@ Cells: levels 0, 1, 2 on the whole documents, and level 1 on the wrong-fact sent
 ``resume=True`` (finished seeds are reused). The findings checked per cell (:func:`findings`):
 
 * "the best method recovers >= 0.5 of the corruption's damage": the best mean recovery, with its
-  95% interval above 0, at <= 5 points of untargeted accuracy lost;
+  95% interval above 0, at <= 5 points of untargeted accuracy lost by the unlearning (corrupted
+  model's untargeted accuracy minus the unlearned one's);
 * "NPO restores more than GA": the paired difference of recovery, NPO - GA, over the seeds.
 """
 
@@ -204,8 +205,9 @@ def format_reproduce_report(record: Mapping[str, Any]) -> str:
         f"{record['settings']}; configuration chosen on validation target facts; mean [95% CI] "
         f"over seeds. Wall time {record['seconds'] / 60:.0f} min.",
         "",
-        "Recovery (1 = the clean answers are back, 0 = as corrupted); in brackets the untargeted "
-        "accuracy lost (points; collateral damage).",
+        "Recovery (1 = the clean answers are back, 0 = as corrupted); in brackets the change of "
+        "untargeted accuracy from the corrupted model (points; the unlearning's collateral "
+        "damage).",
         "",
         "| method | " + " | ".join(cells) + " |",
         "|:---|" + "---:|" * len(cells),

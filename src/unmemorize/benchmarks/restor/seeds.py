@@ -72,7 +72,9 @@ def _seed_entry(seed: int, summary: Mapping[str, Any]) -> dict[str, Any]:
     methods = {}
     for name, row in summary["methods"].items():
         row = dict(row)
-        row["untargeted_loss"] = clean["untargeted_accuracy"] - row["untargeted_accuracy"]
+        # collateral damage of the unlearning itself: untargeted accuracy lost from the model
+        # it started from (the corruption's own damage is the corrupted row's)
+        row["untargeted_loss"] = corrupted["untargeted_accuracy"] - row["untargeted_accuracy"]
         n = summary.get("runs", [{}])[0].get("n_target_facts")
         if isinstance(n, int) and n > 0:
             boot = bootstrap_proportion(round(row["target_accuracy"] * n), n, seed=seed)
