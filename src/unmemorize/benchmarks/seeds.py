@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..metrics.intervals import aggregate_seeds, paired_difference
@@ -149,6 +150,42 @@ def aggregate(
         "methods": {name: methods[name] for name in ranked},
         "paired": paired,
     }
+
+
+def open_seeds_dir(out: Path, seeds: Sequence[int], *, resume: bool, overwrite: bool) -> Path:
+    """The output directory of a multi-seed run: kept as it is to resume (finished seeds are
+    reused), else refused when not empty unless ``overwrite`` (then emptied).
+
+    Raises:
+        ValueError: no seeds.
+        FileExistsError: a non-empty ``out`` without ``resume`` or ``overwrite``.
+    """
+    from ..io import prepare_output_dir
+
+    if not seeds:
+        raise ValueError("--seeds must be at least 1")
+    out = Path(out)
+    if resume:
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        prepare_output_dir(out, overwrite)
+    return out
+
+
+def select_cells(cells: Sequence[Any], names: str | Sequence[str] | None, study: str) -> list[Any]:
+    """The ``cells`` (objects with a ``name``) named in ``names`` (comma-separated or a list;
+    None: all), in the study's order; an unknown name gets a "did you mean" error."""
+    from ..registry import suggest
+
+    if names is None:
+        return list(cells)
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    known = [c.name for c in cells]
+    for name in names:
+        if name not in known:
+            raise suggest(name, known, "cell", f"(cells of `unmemorize reproduce {study}`)")
+    return [c for c in cells if c.name in names]
 
 
 def interval_text(entry: Mapping[str, Any] | None, fmt: Callable[[float], str]) -> str:
@@ -309,7 +346,9 @@ __all__ = [
     "aggregate",
     "best_by_validation",
     "interval_text",
+    "open_seeds_dir",
     "paired_text",
     "run_split_grid",
     "seeds_section",
+    "select_cells",
 ]

@@ -85,40 +85,24 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
         for name in methods:
             METHODS.get(name)  # a typo fails before any work
-    if args.study == "tinymem":
-        from ..benchmarks.tinymem.reproduce import get_cells, reproduce_tinymem
+    import importlib
 
-        cells = get_cells(args.cells)  # unknown cells fail before any work
-        print(
-            f"unmemorize reproduce tinymem: {len(cells)} cells x {args.seeds} seeds -> {args.out}/"
-        )
-        record = reproduce_tinymem(
-            args.out,
-            seeds=args.seeds,
-            cells=[c.name for c in cells],
-            methods=methods,
-            preset=args.preset,
-            overrides=args.overrides,
-            settings=args.settings,
-            progress=not args.no_progress,
-        )
-    else:
-        from ..benchmarks.restor.reproduce import get_cells, reproduce_restor
-
-        cells = get_cells(args.cells)
-        print(
-            f"unmemorize reproduce restor: {len(cells)} cells x {args.seeds} seeds -> {args.out}/"
-        )
-        record = reproduce_restor(
-            args.out,
-            seeds=args.seeds,
-            cells=[c.name for c in cells],
-            methods=methods,
-            preset=args.preset,
-            overrides=args.overrides,
-            settings=args.settings,
-            progress=not args.no_progress,
-        )
+    study = importlib.import_module(f"..benchmarks.{args.study}.reproduce", __package__)
+    cells = study.get_cells(args.cells)  # unknown cells fail before any work
+    print(
+        f"unmemorize reproduce {args.study}: {len(cells)} cells x {args.seeds} seeds -> {args.out}/"
+    )
+    run = study.reproduce_tinymem if args.study == "tinymem" else study.reproduce_restor
+    record = run(
+        args.out,
+        seeds=args.seeds,
+        cells=[c.name for c in cells],
+        methods=methods,
+        preset=args.preset,
+        overrides=args.overrides,
+        settings=args.settings,
+        progress=not args.no_progress,
+    )
     print()
     print((Path(args.out) / "REPORT.md").read_text())
     print(f"time {record['seconds']:.0f} s   report: {Path(args.out) / 'REPORT.md'}")

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ...config import apply_overrides, to_dict
-from ...io import atomic_write_json, prepare_output_dir, read_json
+from ...io import atomic_write_json, read_json
 from ...metrics.intervals import bootstrap_proportion
-from ..seeds import aggregate
+from ..seeds import aggregate, open_seeds_dir
 from .config import RestorConfig
 
 log = logging.getLogger(__name__)
@@ -122,14 +122,8 @@ def run_restor_seeds(
     """
     from .pipeline import run_restor
 
-    if not seeds:
-        raise ValueError("--seeds must be at least 1")
-    out = Path(out)
     t0 = time.perf_counter()
-    if resume:
-        out.mkdir(parents=True, exist_ok=True)
-    else:
-        prepare_output_dir(out, overwrite)
+    out = open_seeds_dir(out, seeds, resume=resume, overwrite=overwrite)
     per_seed = []
     for s in seeds:
         seed_cfg = apply_overrides(cfg, seed_overrides(s))

@@ -67,17 +67,9 @@ FINDINGS = {
 
 def get_cells(names: str | Sequence[str] | None) -> list[Cell]:
     """The cells named (comma-separated or a list; default: all), in grid order."""
-    from ...registry import suggest
+    from ..seeds import select_cells
 
-    if names is None:
-        return list(CELLS)
-    if isinstance(names, str):
-        names = [n.strip() for n in names.split(",") if n.strip()]
-    known = {c.name: c for c in CELLS}
-    for name in names:
-        if name not in known:
-            raise suggest(name, list(known), "cell", "(cells of `unmemorize reproduce tinymem`)")
-    return [c for c in CELLS if c.name in names]
+    return select_cells(CELLS, names, "tinymem")
 
 
 def _verdict(best_by_mean: bool, excludes_zero: bool) -> str:

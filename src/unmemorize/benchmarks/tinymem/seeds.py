@@ -24,9 +24,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ...io import atomic_write_json, prepare_output_dir, read_json
+from ...io import atomic_write_json, read_json
 from ...metrics.intervals import bootstrap_proportion
-from ..seeds import SELECTION_NOTE, aggregate, best_by_validation, run_split_grid
+from ..seeds import SELECTION_NOTE, aggregate, best_by_validation, open_seeds_dir, run_split_grid
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,6 @@ def run_tinymem_seeds(
     from .benchmark import TinyMemBenchmark
     from .experiment import is_finished_run, load_run, make_experiment, train_experiment
 
-    if not seeds:
-        raise ValueError("--seeds must be at least 1")
-    out = Path(out)
     t0 = time.perf_counter()
     bench = TinyMemBenchmark()
     chosen = bench.get_settings(settings)
@@ -101,10 +98,7 @@ def run_tinymem_seeds(
         s: make_experiment(preset, task, variant, [*overrides, *seed_overrides(s)]) for s in seeds
     }
     jobs = grid_jobs(grid, names, chosen)
-    if resume:
-        out.mkdir(parents=True, exist_ok=True)
-    else:
-        prepare_output_dir(out, overwrite)
+    out = open_seeds_dir(out, seeds, resume=resume, overwrite=overwrite)
     per_seed: list[dict[str, Any]] = []
     for s in seeds:
         exp = experiments[s]
