@@ -208,3 +208,28 @@ def test_seeds_must_be_positive(capsys):
     assert main(["demo", "--seeds", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "at least 1" in err[0]
+
+
+@pytest.mark.slow
+def test_restor_reuses_a_clean_model_of_the_same_world_with_identical_results(tmp_path):
+    """Another corruption level of the same seed starts from the same clean model: loading it
+    gives the results of training it again (reproduce restor trains it once per seed)."""
+    from unmemorize.benchmarks.restor.pipeline import make_restor_config, run_restor
+
+    def run(out, level, reuse=None):
+        cfg = make_restor_config("micro", level=level)
+        return run_restor(out, cfg, methods=["ga"], progress=False, reuse_clean=reuse)
+
+    first = run(tmp_path / "k0", 0)
+    trained = run(tmp_path / "k1-trained", 1)
+    reused = run(tmp_path / "k1-reused", 1, reuse=tmp_path / "k0")
+    assert reused["clean_reused_from"] == str(tmp_path / "k0")
+    for key in ("clean", "corrupted"):
+        assert reused[key] == trained[key]
+    assert reused["methods"]["ga"]["logits"] == trained["methods"]["ga"]["logits"]
+    assert first["clean"] == trained["clean"]
+    other_world = make_restor_config("micro", ["world.seed=5"], level=1)
+    with pytest.raises(ValueError, match="no clean model"):
+        run_restor(
+            tmp_path / "x", other_world, methods=[], progress=False, reuse_clean=tmp_path / "k0"
+        )

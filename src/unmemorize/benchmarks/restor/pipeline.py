@@ -43,7 +43,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ... import tracking
 from ...config import to_dict
-from ...io import atomic_dir, atomic_write_json, check_output_dir
+from ...io import atomic_dir, atomic_write_json, check_output_dir, read_json
 from ...model_card import write_model_card
 from ...models import build_model_for, save_model
 from ...runtime import context_length
@@ -161,6 +161,7 @@ def run_restor(
     progress: bool = True,
     settings: str | None = None,
     command: dict | None = None,
+    reuse_clean: str | Path | None = None,
 ) -> dict:
     """The RESTOR benchmark on the synthetic world; writes ``OUT/summary.json`` and the models.
 
@@ -175,6 +176,10 @@ def run_restor(
         settings: ``default`` or ``paper`` (:mod:`unmemorize.benchmarks.restor.settings`): the
             method defaults under every point, recorded in the summary. Its config switches are
             ``cfg``'s (:func:`make_restor_config` with the same ``settings``).
+        reuse_clean: a previous ``run_restor`` output whose world, model and clean-training
+            configuration equal ``cfg``'s: its clean model is loaded instead of trained again
+            (the same weights: training is deterministic and nothing downstream draws from the
+            global RNG), e.g. the other corruption levels of one seed.
 
     Returns:
         The summary: ``{"clean", "corrupted", "methods": {name: {target_accuracy,
@@ -191,18 +196,21 @@ def run_restor(
     task = synthetic_task(world, cfg)
 
     start = time.perf_counter()
-    clean = build_model_for(cfg.model, tokenizer, seed=cfg.clean.seed)
-    losses = train_on_batches(
-        clean,
-        clean_batches(world, tokenizer, cfg.clean, cfg.model.context_length),
-        cfg.clean.steps,
-        lr=cfg.clean.lr,
-        pad_id=tokenizer.pad_token_id,
-        warmup=cfg.clean.warmup,
-        lr_floor=0.05,
-        progress=progress,
-        desc="clean",
-    )
+    if reuse_clean is not None:
+        clean, final_loss = _load_clean(Path(reuse_clean), cfg)
+    else:
+        clean = build_model_for(cfg.model, tokenizer, seed=cfg.clean.seed)
+        final_loss = train_on_batches(
+            clean,
+            clean_batches(world, tokenizer, cfg.clean, cfg.model.context_length),
+            cfg.clean.steps,
+            lr=cfg.clean.lr,
+            pad_id=tokenizer.pad_token_id,
+            warmup=cfg.clean.warmup,
+            lr_floor=0.05,
+            progress=progress,
+            desc="clean",
+        )[-1]
     clean_seconds = time.perf_counter() - start
     with atomic_dir(out) as tmp:  # OUT appears complete (summary.json included) or not at all
         save_model(clean, tokenizer, tmp / "clean")
@@ -217,7 +225,9 @@ def run_restor(
             max_length=cfg.model.context_length,
         )
         summary["timings"]["clean_train"] = clean_seconds
-        summary["clean"]["final_train_loss"] = losses[-1]
+        summary["clean"]["final_train_loss"] = final_loss
+        if reuse_clean is not None:
+            summary["clean_reused_from"] = str(reuse_clean)
         summary["preset"] = cfg.preset
         summary["settings"] = RestorBenchmark.get_settings(settings).name
         summary["seconds"] = time.perf_counter() - t0
@@ -236,6 +246,32 @@ def run_restor(
         )
         atomic_write_json(tmp / "summary.json", summary)
     return summary
+
+
+def clean_matches(run_dir: str | Path, cfg: RestorConfig) -> bool:
+    """True when ``run_dir`` holds a finished ``run_restor`` output whose clean model was built
+    from the same world, model and clean-training configuration as ``cfg``'s."""
+    summary_file = Path(run_dir) / "summary.json"
+    if not summary_file.is_file() or not (Path(run_dir) / "clean").is_dir():
+        return False
+    import json
+
+    recorded = read_json(summary_file).get("config", {})
+    wanted = json.loads(json.dumps(to_dict(cfg)))  # as written: tuples become lists
+    return all(recorded.get(k) == wanted[k] for k in ("world", "model", "clean"))
+
+
+def _load_clean(run_dir: Path, cfg: RestorConfig) -> tuple[PreTrainedModel, float]:
+    """The clean model of a previous run and its final training loss (see ``reuse_clean``)."""
+    from ...models import load_model
+
+    if not clean_matches(run_dir, cfg):
+        raise ValueError(
+            f"{run_dir} holds no clean model of this world, model and clean config; "
+            "train it (leave reuse_clean out)"
+        )
+    model, _ = load_model(run_dir / "clean")
+    return model, read_json(run_dir / "summary.json")["clean"]["final_train_loss"]
 
 
 def run_restor_on_model(

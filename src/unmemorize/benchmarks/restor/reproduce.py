@@ -146,6 +146,8 @@ def reproduce_restor(
             progress=progress,
             resume=True,
             label=cell.name,
+            # one clean model per seed: every level of a seed starts from the same world
+            clean_from=[out / c.name for c in CELLS if c.name != cell.name],
         )
         results[cell.name] = {
             "level": cell.level,

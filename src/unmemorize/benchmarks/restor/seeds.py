@@ -106,6 +106,7 @@ def run_restor_seeds(
     resume: bool = False,
     command: dict | None = None,
     label: str | None = None,
+    clean_from: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """:func:`~.pipeline.run_restor` once per seed into ``out/seed-<s>``, then aggregate.
 
@@ -114,13 +115,16 @@ def run_restor_seeds(
             them per seed).
         resume: keep ``out`` and reuse each finished seed whose configuration matches
             (``unmemorize reproduce restor``); without it a non-empty ``out`` needs ``overwrite``.
+        clean_from: other multi-seed outputs (e.g. another corruption level) whose
+            ``seed-<s>/clean`` model is reused when it was built from the same world, model and
+            clean training (:func:`~.pipeline.clean_matches`), instead of training it again.
 
     Returns:
         The summary: per method and metric ``mean``, ``ci95_low``, ``ci95_high``, ``n_seeds``,
         ``values`` (ranked by mean recovery), the clean/corrupted references, paired comparisons
         of the top methods, and ``per_seed``.
     """
-    from .pipeline import run_restor
+    from .pipeline import clean_matches, run_restor
 
     t0 = time.perf_counter()
     out = open_seeds_dir(out, seeds, resume=resume, overwrite=overwrite)
@@ -137,6 +141,14 @@ def run_restor_seeds(
                 log.info("seed %d: reusing %s", s, summary_file)
                 per_seed.append(_seed_entry(s, previous))
                 continue
+        reuse = next(
+            (
+                Path(d) / seed_dir.name
+                for d in clean_from
+                if clean_matches(Path(d) / seed_dir.name, seed_cfg)
+            ),
+            None,
+        )
         summary = run_restor(
             seed_dir,
             seed_cfg,
@@ -145,6 +157,7 @@ def run_restor_seeds(
             overwrite=True,
             progress=progress,
             settings=settings,
+            reuse_clean=reuse,
         )
         summary["seeds_fingerprint"] = wanted
         atomic_write_json(summary_file, summary)
