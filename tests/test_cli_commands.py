@@ -34,7 +34,7 @@ def test_every_command_is_one_module_with_its_own_handler_in_help_order():
     assert list(commands) == list(COMMANDS)  # `unmemorize --help` lists them in this order
     assert list(COMMANDS) == [
         "demo", "train", "measure", "unlearn", "audit", "restor", "ls", "sweep", "mine", "report",
-        "eval",
+        "eval", "reproduce",
     ]  # fmt: skip
     for name, parser in commands.items():
         handler = parser.get_default("handler")
