@@ -188,6 +188,12 @@ def select_cells(cells: Sequence[Any], names: str | Sequence[str] | None, study:
     return [c for c in cells if c.name in names]
 
 
+def configs_text(entry: Mapping[str, Any]) -> str:
+    """The distinct configurations a method's seeds chose (``lr=1e-4 | lr=5e-5``; ``defaults``)."""
+    chosen = {" ".join(c) or "defaults" for c in entry.get("configs", []) if c is not None}
+    return " | ".join(sorted(chosen)) or "-"
+
+
 def interval_text(entry: Mapping[str, Any] | None, fmt: Callable[[float], str]) -> str:
     """``mean [low, high]`` (or ``mean`` with one seed, ``-`` without a value)."""
     if not entry or entry.get("mean") is None:
@@ -271,11 +277,10 @@ def seeds_section(
     methods: Mapping[str, Mapping[str, Any]] = record.get("methods") or {}
     first = len(rows)
     for name, m in methods.items():
-        configs = sorted({" ".join(c) for c in m.get("configs", []) if c is not None})
         rows.append(
             [name]
             + [interval_text(m.get(key), fmts[f]) for key, _, f in columns]
-            + [" | ".join(configs) or "(defaults)"]
+            + [configs_text(m)]
         )
     section.tables.append(
         Table(
@@ -345,6 +350,7 @@ __all__ = [
     "VALIDATION_SCORE",
     "aggregate",
     "best_by_validation",
+    "configs_text",
     "interval_text",
     "open_seeds_dir",
     "paired_text",

@@ -198,7 +198,7 @@ def run_tinymem_seeds(
 
 def format_seeds_table(summary: Mapping[str, Any]) -> str:
     """The CLI's table: per method, mean [95% CI] of score, memorized and utility over seeds."""
-    from ..seeds import interval_text, paired_text
+    from ..seeds import configs_text, interval_text, paired_text
 
     text = summary.get("metric_form") == "perplexity"
     utility = "perplexity" if text else "accuracy"
@@ -218,11 +218,10 @@ def format_seeds_table(summary: Mapping[str, Any]) -> str:
         f"{interval_text(base.get(utility), u_fmt):>26}"
     )
     for name, m in summary["methods"].items():
-        configs = sorted({" ".join(c) for c in m.get("configs", []) if c is not None})
         lines.append(
             f"{name:<22} {interval_text(m.get('score'), num):>26} "
             f"{interval_text(m.get('still_memorized_fraction'), pct):>26} "
-            f"{interval_text(m.get(utility), u_fmt):>26}  {' | '.join(configs) or '(defaults)'}"
+            f"{interval_text(m.get(utility), u_fmt):>26}  {configs_text(m)}"
         )
     lines.append(
         f"mean [95% CI] over {summary['n_seeds']} seeds; configuration chosen on validation rows, "
