@@ -233,3 +233,26 @@ def test_restor_reuses_a_clean_model_of_the_same_world_with_identical_results(tm
         run_restor(
             tmp_path / "x", other_world, methods=[], progress=False, reuse_clean=tmp_path / "k0"
         )
+
+
+@pytest.mark.slow
+def test_sweep_seeds_runs_the_grid_on_each_seed_and_resumes(tmp_path, capsys):
+    from .conftest import TINY_OVERRIDES
+
+    out = tmp_path / "sw"
+    argv = ["sweep", "--seeds", "2", "--methods", "ga", "--out", str(out), "--no-progress",
+            *TINY_OVERRIDES]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kind"] == "seeds" and summary["n_seeds"] == 2
+    ga = summary["methods"]["ga"]
+    assert ga["score"]["n_seeds"] == 2
+    # the cpu-mini space's ga grid ran on each seed, the configuration chosen on validation rows
+    assert len(summary["per_seed"][0]["runs"]) > 1
+    stamp = (out / "seed-0" / "result.json").stat().st_mtime_ns
+    assert main(argv) == 0  # resumed: both seeds reused
+    assert (out / "seed-0" / "result.json").stat().st_mtime_ns == stamp
+    capsys.readouterr()
+    assert main(["sweep", "--seeds", "2", "--search", "tpe", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--seeds" in err[0]

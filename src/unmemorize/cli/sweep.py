@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .common import (
     add_audit_flag,
+    add_seeds_arg,
     add_settings_arg,
     add_track_args,
     audit_config_from_args,
@@ -67,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", help="comma-separated methods (default: all in the space)")
     p.add_argument("--space", default="cpu-mini", help="cpu-mini, paper or a JSON file")
     add_settings_arg(p)
+    add_seeds_arg(p)
     p.add_argument("--search", default="grid", choices=["grid", "tpe"])
     p.add_argument(
         "--trials",
@@ -129,6 +131,8 @@ def cmd_sweep(args) -> int:
 
     if args.resume and args.out and Path(args.out) != Path(args.resume):
         raise UserError("give either --resume DIR or --out DIR, not both")
+    if args.seeds is not None:
+        return _sweep_seeds(args)
     audit_requested(args)
     audit = None
     if args.audit:
@@ -195,5 +199,69 @@ def cmd_sweep(args) -> int:
     for row in summary["runs"]:
         if row.get("status") == "failed":
             print(f"failed: {row['trial']} {row['params']}: {row['error']}")
+    print(f"summary: {out / 'summary.json'}   report: unmemorize report {out}")
+    return 0
+
+
+#: Sweep options a ``--seeds`` sweep does not take (it is a local grid over N trained base models).
+_NOT_WITH_SEEDS = {
+    "resume": "rerun the same command to resume: finished seeds are reused",
+    "model": "--seeds trains one base model per seed",
+    "audit": "audit a seed's model afterwards (unmemorize unlearn --model OUT/seed-0/model ... "
+    "--audit)",
+    "trials": "--seeds runs the whole grid on every seed",
+    "storage": "--seeds keeps each seed's rows in OUT/seed-<s>/result.json",
+}
+
+
+def _sweep_seeds(args) -> int:
+    """``sweep --seeds N``: the grid on N seeded TinyMem base models, configurations chosen on
+    validation rows (:func:`~unmemorize.benchmarks.tinymem.seeds.run_tinymem_seeds`)."""
+    from ..benchmarks.tinymem.seeds import format_seeds_table, run_tinymem_seeds
+    from ..errors import UserError
+    from ..sweep import make_spec
+
+    for option, why in _NOT_WITH_SEEDS.items():
+        if getattr(args, option, None):
+            raise UserError(f"--{option} does not go with --seeds: {why}")
+    if args.benchmark != "tinymem" or args.search != "grid" or args.backend != "local":
+        raise UserError(
+            "--seeds runs a local grid sweep on TinyMem base models; drop --benchmark, "
+            "--search tpe and --backend ray (or --seeds)"
+        )
+    if not args.out:
+        raise UserError("--out DIR is required")
+    out = Path(args.out)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    spec = make_spec(
+        methods,
+        space=_read_space(args.space),
+        preset=args.preset,
+        task=args.task,
+        variant=args.variant,
+        overrides=args.overrides,
+        settings=args.settings,
+    )
+    # resumable like every sweep: a directory of this kind keeps its finished seeds
+    resume = (out / "seed-0").is_dir() and not args.overwrite
+    print(f"unmemorize sweep: {', '.join(spec.methods)} over {args.seeds} seeds into {out}/")
+    with tracked(args, "sweep", out, config=spec.to_dict()):
+        summary = run_tinymem_seeds(
+            out,
+            list(range(args.seeds)),
+            preset=args.preset,
+            task=args.task,
+            variant=args.variant,
+            overrides=args.overrides,
+            methods=spec.methods,
+            space=spec.space,
+            settings=args.settings,
+            progress=not args.no_progress,
+            overwrite=args.overwrite,
+            resume=resume,
+            command=getattr(args, "record", None),
+        )
+    print()
+    print(format_seeds_table(summary))
     print(f"summary: {out / 'summary.json'}   report: unmemorize report {out}")
     return 0

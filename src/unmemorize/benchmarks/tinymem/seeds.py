@@ -57,7 +57,7 @@ def run_tinymem_seeds(
     variant: str = "noise",
     overrides: Sequence[str] = (),
     methods: Sequence[str] | None = None,
-    space: str = "demo",
+    space: str | Mapping[str, Any] = "demo",
     settings: str | None = None,
     device: str = "cpu",
     progress: bool = True,
@@ -73,7 +73,8 @@ def run_tinymem_seeds(
         preset, task, variant, overrides: the base model (as ``unmemorize train``); the seed's
             :func:`seed_overrides` come last.
         methods: run only these (default: every method of the space).
-        space: the TinyMem space (``demo``; ``--settings paper`` uses its ``paper-`` twin).
+        space: a TinyMem space by name (``demo``; ``--settings paper`` uses its ``paper-``
+            twin) or a resolved space ``{method: spec}`` (a grid sweep's).
         resume: keep what ``out`` holds and reuse each finished seed whose configuration matches
             (``unmemorize reproduce``); without it a non-empty ``out`` needs ``overwrite``.
         label: a name for the study (``reproduce``'s cell), recorded in the summary.
@@ -90,7 +91,7 @@ def run_tinymem_seeds(
     t0 = time.perf_counter()
     bench = TinyMemBenchmark()
     chosen = bench.get_settings(settings)
-    grid = bench.space(chosen.space_name(space))
+    grid = bench.space(chosen.space_name(space)) if isinstance(space, str) else space
     names = list(grid) if methods is None else list(methods)
     for name in names:
         METHODS.get(name)  # unknown names fail before any work
