@@ -256,3 +256,36 @@ def test_sweep_seeds_runs_the_grid_on_each_seed_and_resumes(tmp_path, capsys):
     assert main(["sweep", "--seeds", "2", "--search", "tpe", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--seeds" in err[0]
+
+
+def test_a_seeds_directory_of_another_experiment_is_retrained_not_reused(tmp_path, monkeypatch):
+    """Resuming reuses a seed's model only when it was trained for the same experiment."""
+    import unmemorize.benchmarks.tinymem.experiment as experiment
+    from unmemorize.benchmarks.tinymem import seeds as seeds_mod
+
+    from .conftest import TINY_OVERRIDES
+
+    trained = []  # run_tinymem_seeds imports train_experiment when called: patch its module
+
+    original = experiment.train_experiment
+
+    def counting(exp, out, **kw):
+        trained.append((exp.train.epochs, kw.get("overwrite")))
+        return original(exp, out, **kw)
+
+    monkeypatch.setattr(experiment, "train_experiment", counting)
+    short = [*TINY_OVERRIDES, "train.epochs=2", "train.checkpoint_every=1"]
+    kw = {"methods": [], "progress": False, "resume": True}
+    seeds_mod.run_tinymem_seeds(tmp_path, [0], overrides=short, **kw)
+    seeds_mod.run_tinymem_seeds(tmp_path, [0], overrides=short, **kw)  # same: reused
+    assert len(trained) == 1
+    seeds_mod.run_tinymem_seeds(tmp_path, [0], overrides=[*short, "train.epochs=3"], **kw)
+    assert trained[-1] == (3, True)  # another experiment: trained afresh over the old one
+    import json
+
+    assert (
+        json.loads((tmp_path / "seed-0" / "model" / "experiment.json").read_text())["train"][
+            "epochs"
+        ]
+        == 3
+    )

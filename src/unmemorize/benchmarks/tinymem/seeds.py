@@ -118,11 +118,15 @@ def run_tinymem_seeds(
                 continue
         start = time.perf_counter()
         model_dir = seed_dir / "model"
-        if is_finished_run(model_dir):
+        written = model_dir / "experiment.json"
+        same = written.is_file() and read_json(written) == fingerprint["experiment"]
+        if same and is_finished_run(model_dir):
             model, tokenizer, data = load_run(model_dir)
             model.to(device)
-        else:
-            run = train_experiment(exp, model_dir, progress=progress, device=device)
+        else:  # resumes an interrupted training of this experiment; replaces another one's
+            run = train_experiment(
+                exp, model_dir, overwrite=not same, progress=progress, device=device
+            )
             model, tokenizer, data = run.model, run.tokenizer, run.data
         train_seconds = time.perf_counter() - start
         entry: dict[str, Any] = {
