@@ -145,3 +145,12 @@ def test_reproduce_restor_runs_a_level_over_seeds(tmp_path):
     assert cell["level"] == 0 and set(cell["methods"]) == {"ga", "npo", "durable"}
     assert {"best_recovery", "npo_vs_ga"} <= set(cell["check"])
     assert "level-0" in (out / "REPORT.md").read_text()
+    # a later run with fewer methods reuses the finished seeds (each method's rows are its own)
+    stamp = (out / "level-0" / "seed-1" / "summary.json").stat().st_mtime_ns
+    fewer = [a if a != "ga,npo,durable" else "ga,npo" for a in argv]
+    assert main(fewer) == 0
+    assert (out / "level-0" / "seed-1" / "summary.json").stat().st_mtime_ns == stamp
+    assert set(json.loads((out / "summary.json").read_text())["cells"]["level-0"]["methods"]) == {
+        "ga",
+        "npo",
+    }

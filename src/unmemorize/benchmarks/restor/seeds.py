@@ -14,6 +14,7 @@ the same configuration) and ``summary.json``.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -67,10 +68,24 @@ def seed_overrides(seed: int) -> list[str]:
     return [f"world.seed={seed}", f"clean.seed={seed}", f"corrupt.seed={seed}"]
 
 
-def _seed_entry(seed: int, summary: Mapping[str, Any]) -> dict[str, Any]:
+def _covers(recorded: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> bool:
+    """A finished seed serves a run of the same configuration whose methods it ran (a superset
+    is fine: each method's rows and choice are its own)."""
+    if not recorded or recorded.get("config") != wanted["config"]:
+        return False
+    if recorded.get("methods") is None or wanted["methods"] is None:
+        return recorded.get("methods") == wanted["methods"]
+    return set(wanted["methods"]) <= set(recorded["methods"])
+
+
+def _seed_entry(
+    seed: int, summary: Mapping[str, Any], only: Sequence[str] | None = None
+) -> dict[str, Any]:
     clean, corrupted = summary["clean"], summary["corrupted"]
     methods = {}
     for name, row in summary["methods"].items():
+        if only and name not in only:
+            continue
         row = dict(row)
         # collateral damage of the unlearning itself: untargeted accuracy lost from the model
         # it started from (the corruption's own damage is the corrupted row's)
@@ -134,12 +149,15 @@ def run_restor_seeds(
         seed_cfg.validate()
         seed_dir = out / f"seed-{s}"
         summary_file = seed_dir / "summary.json"
-        wanted = {"config": to_dict(seed_cfg), "methods": sorted(methods) if methods else None}
+        wanted = {  # as JSON writes it (tuples become lists), to compare with a written one
+            "config": json.loads(json.dumps(to_dict(seed_cfg))),
+            "methods": sorted(methods) if methods else None,
+        }
         if summary_file.is_file():
             previous = read_json(summary_file)
-            if previous.get("seeds_fingerprint") == wanted:
+            if _covers(previous.get("seeds_fingerprint"), wanted):
                 log.info("seed %d: reusing %s", s, summary_file)
-                per_seed.append(_seed_entry(s, previous))
+                per_seed.append(_seed_entry(s, previous, methods))
                 continue
         reuse = next(
             (
@@ -161,7 +179,7 @@ def run_restor_seeds(
         )
         summary["seeds_fingerprint"] = wanted
         atomic_write_json(summary_file, summary)
-        per_seed.append(_seed_entry(s, summary))
+        per_seed.append(_seed_entry(s, summary, methods))
     from ...runtime import environment
     from .benchmark import RestorBenchmark
 
