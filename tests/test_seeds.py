@@ -174,6 +174,9 @@ def test_demo_seeds_writes_intervals_per_method_and_metric_and_a_report_with_err
         assert entry["split"]["validation"]["n_candidates"] > 0
         for row in entry["methods"].values():
             assert "val" in row and VALIDATION_SCORE in row and "still_memorized_boot95" in row
+    stamp = (out / "seed-1" / "result.json").stat().st_mtime_ns
+    assert main([*argv, "--no-progress", *TINY_OVERRIDES]) == 0  # the same command resumes
+    assert (out / "seed-1" / "result.json").stat().st_mtime_ns == stamp
     assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
     figures = sorted(p.name for p in (tmp_path / "report" / "figures").iterdir())
     assert any(f.startswith("seeds-score") for f in figures)

@@ -90,6 +90,15 @@ def add_seeds_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def resumes_seeds(args: argparse.Namespace) -> bool:
+    """True when ``--out`` already holds a ``--seeds`` run (``seed-0/``) and ``--overwrite`` is
+    absent: the same command then resumes it, reusing every finished seed of the same
+    configuration (a different one is recomputed)."""
+    from pathlib import Path
+
+    return bool(args.out) and (Path(args.out) / "seed-0").is_dir() and not args.overwrite
+
+
 def add_track_args(parser: argparse.ArgumentParser) -> None:
     """--track / --track-dir: log loss curves and metrics to an experiment tracker."""
     parser.add_argument(

@@ -15,6 +15,7 @@ from .common import (
     audit_config_from_args,
     audit_requested,
     format_method_table,
+    resumes_seeds,
 )
 from .replay import add_config_option
 
@@ -159,6 +160,7 @@ def _demo_seeds(args: argparse.Namespace, methods, device) -> int:
         device=device,
         progress=not args.no_progress,
         overwrite=args.overwrite,
+        resume=resumes_seeds(args),
         command=getattr(args, "record", None),
     )
     print()

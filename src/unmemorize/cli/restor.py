@@ -11,7 +11,14 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runtime import add_runtime_args, resolve_device, resolve_dtype
-from .common import add_run_options, add_seeds_arg, add_settings_arg, add_track_args, tracked
+from .common import (
+    add_run_options,
+    add_seeds_arg,
+    add_settings_arg,
+    add_track_args,
+    resumes_seeds,
+    tracked,
+)
 from .replay import add_config_option
 
 
@@ -190,6 +197,7 @@ def _restor_seeds(args: argparse.Namespace, cfg, methods) -> int:
             settings=args.settings,
             progress=not args.no_progress,
             overwrite=args.overwrite,
+            resume=resumes_seeds(args),
             command=getattr(args, "record", None),
         )
     print()

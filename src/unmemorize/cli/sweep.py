@@ -12,6 +12,7 @@ from .common import (
     add_track_args,
     audit_config_from_args,
     audit_requested,
+    resumes_seeds,
     tracked,
 )
 
@@ -242,8 +243,6 @@ def _sweep_seeds(args) -> int:
         overrides=args.overrides,
         settings=args.settings,
     )
-    # resumable like every sweep: a directory of this kind keeps its finished seeds
-    resume = (out / "seed-0").is_dir() and not args.overwrite
     print(f"unmemorize sweep: {', '.join(spec.methods)} over {args.seeds} seeds into {out}/")
     with tracked(args, "sweep", out, config=spec.to_dict()):
         summary = run_tinymem_seeds(
@@ -258,7 +257,7 @@ def _sweep_seeds(args) -> int:
             settings=args.settings,
             progress=not args.no_progress,
             overwrite=args.overwrite,
-            resume=resume,
+            resume=resumes_seeds(args),
             command=getattr(args, "record", None),
         )
     print()
