@@ -40,10 +40,20 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _is_timing(key: str) -> bool:
+    return key == "seconds" or key.endswith("_seconds")
+
+
 def _scalars(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The metrics a table can show: numbers and booleans, nested dicts flattened with ``/``."""
+    """The metrics a table can show: numbers and booleans, nested dicts flattened with ``/``.
+
+    Wall times (``seconds``, ``*_seconds``) are left out: they describe the machine, not the
+    model, and would make the cards of two identical runs differ (run.json keeps them).
+    """
     out: dict[str, Any] = {}
     for key, value in (metrics or {}).items():
+        if _is_timing(str(key)):
+            continue
         if isinstance(value, Mapping):
             for sub, v in _scalars(value).items():
                 out[f"{key}/{sub}"] = v

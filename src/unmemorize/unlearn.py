@@ -414,7 +414,8 @@ def _card(record: dict, out: Path) -> str:
         before=before,
         after=after,
         tags=[record["family"]],
-        command=f"unmemorize unlearn --config {out / 'run.json'} --out NEW_DIR",
+        # relative: the card travels with the directory (and two identical runs get one card)
+        command="cd THIS_MODEL_DIR && unmemorize unlearn --config run.json --out NEW_DIR",
     )
 
 

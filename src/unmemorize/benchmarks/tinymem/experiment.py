@@ -315,7 +315,8 @@ def _write_card(tmp: Path, out: Path, record: dict) -> None:
         config=cfg,
         after=m,
         tags=["tinymem", str(cfg.get("task"))],
-        command=f"unmemorize train --config {out / 'run.json'} --out NEW_DIR",
+        # relative: the card travels with the directory (and two identical runs get one card)
+        command="cd THIS_MODEL_DIR && unmemorize train --config run.json --out NEW_DIR",
     )
 
 
