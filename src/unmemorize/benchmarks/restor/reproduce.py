@@ -155,6 +155,9 @@ def reproduce_restor(
             "level": cell.level,
             "simplified": cell.simplified,
             "seconds": time.perf_counter() - start,
+            # the cell's compute: every seed's own time, also when this invocation reused it
+            "compute_seconds": sum(e.get("seconds") or 0.0 for e in summary["per_seed"]),
+            "n_seeds_used": summary["n_seeds"],
             "baseline": summary["baseline"],
             "methods": {
                 n: {k: m.get(k) for k in ("recovery", "untargeted_loss", "target_accuracy")}
@@ -199,7 +202,10 @@ def format_reproduce_report(record: Mapping[str, Any]) -> str:
         "",
         f"{record['paper']}; {record['n_seeds']} seeds (worlds) per cell, settings "
         f"{record['settings']}; configuration chosen on validation target facts; mean [95% CI] "
-        f"over seeds. Wall time {record['seconds'] / 60:.0f} min.",
+        "over seeds. Compute per cell (the sum of its seeds' times, also where this invocation "
+        "reused finished seeds): "
+        + ", ".join(f"{n} {c.get('compute_seconds', 0) / 60:.0f} min" for n, c in cells.items())
+        + ".",
         "",
         "Recovery (1 = the clean answers are back, 0 = as corrupted); in brackets the change of "
         "untargeted accuracy from the corrupted model (points; the unlearning's collateral "

@@ -97,6 +97,7 @@ def _seed_entry(
         methods[name] = row
     return {
         "seed": seed,
+        "seconds": summary.get("seconds"),
         "baseline": {
             "clean_target_accuracy": clean["target_accuracy"],
             "clean_untargeted_accuracy": clean["untargeted_accuracy"],
