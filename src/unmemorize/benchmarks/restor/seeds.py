@@ -223,17 +223,17 @@ def format_restor_seeds_table(summary: Mapping[str, Any]) -> str:
     def num(x: float) -> str:
         return f"{x:+.2f}"
 
-    head = f"{'model':<14} {'recovery':>24} {'target':>24} {'untargeted':>24}"
+    head = f"{'model':<16} {'recovery':>24} {'target':>24} {'untargeted':>24}"
     lines = [head, "-" * len(head)]
     base = summary["baseline"]
     for label, prefix in (("clean", "clean"), ("corrupted", "corrupted")):
         lines.append(
-            f"{label:<14} {'':>24} {interval_text(base.get(f'{prefix}_target_accuracy'), pct):>24} "
+            f"{label:<16} {'':>24} {interval_text(base.get(f'{prefix}_target_accuracy'), pct):>24} "
             f"{interval_text(base.get(f'{prefix}_untargeted_accuracy'), pct):>24}"
         )
     for name, m in summary["methods"].items():
         lines.append(
-            f"{name:<14} {interval_text(m.get('recovery'), num):>24} "
+            f"{name:<16} {interval_text(m.get('recovery'), num):>24} "
             f"{interval_text(m.get('target_accuracy'), pct):>24} "
             f"{interval_text(m.get('untargeted_accuracy'), pct):>24}"
         )
