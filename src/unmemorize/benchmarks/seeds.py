@@ -188,6 +188,30 @@ def select_cells(cells: Sequence[Any], names: str | Sequence[str] | None, study:
     return [c for c in cells if c.name in names]
 
 
+def write_study(
+    out: Path,
+    study: str,
+    paper: str,
+    cells: Mapping[str, Any],
+    report: Callable[[Mapping[str, Any]], str],
+    *,
+    seconds: float,
+    command: dict | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Write a reproduction's side-by-side record: ``out/summary.json`` (``kind: reproduce``) and
+    ``out/REPORT.md`` (``report(record)``); ``options`` are its settings (seeds, preset, ...)."""
+    from ..io import atomic_write_json, atomic_write_text
+
+    record = {"kind": "reproduce", "study": study, "paper": paper, **options, "cells": cells}
+    record["seconds"] = seconds
+    if command is not None:
+        record["command"] = command
+    atomic_write_json(out / "summary.json", record)
+    atomic_write_text(out / "REPORT.md", report(record))
+    return record
+
+
 def configs_text(entry: Mapping[str, Any]) -> str:
     """The distinct configurations a method's seeds chose (``lr=1e-4 | lr=5e-5``; ``defaults``)."""
     chosen = {" ".join(c) or "defaults" for c in entry.get("configs", []) if c is not None}
@@ -357,4 +381,5 @@ __all__ = [
     "run_split_grid",
     "seeds_section",
     "select_cells",
+    "write_study",
 ]

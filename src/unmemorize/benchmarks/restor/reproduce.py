@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...io import atomic_write_json, atomic_write_text
-
 #: RESTOR's gradient methods, SSD, and the localization methods RESTOR did not try. Zero-out is
 #: left out by default: it probes every MLP neuron by ablation, 1,560 s of a 2,160 s seed on the
 #: cpu-mini world (2 CPU cores; every other method together took under 300 s), and recovered
@@ -165,22 +163,21 @@ def reproduce_restor(
             },
             "check": findings(summary),
         }
-    record = {
-        "kind": "reproduce",
-        "study": "restor",
-        "paper": "Rezaei et al. 2024, arXiv 2411.00204",
-        "n_seeds": seeds,
-        "preset": preset,
-        "overrides": list(overrides),
-        "settings": settings or "default",
-        "cells": results,
-        "seconds": time.perf_counter() - t0,
-    }
-    if command is not None:
-        record["command"] = command
-    atomic_write_json(out / "summary.json", record)
-    atomic_write_text(out / "REPORT.md", format_reproduce_report(record))
-    return record
+    from ..seeds import write_study
+
+    return write_study(
+        out,
+        "restor",
+        "Rezaei et al. 2024, arXiv 2411.00204",
+        results,
+        format_reproduce_report,
+        seconds=time.perf_counter() - t0,
+        command=command,
+        n_seeds=seeds,
+        preset=preset,
+        overrides=list(overrides),
+        settings=settings or "default",
+    )
 
 
 def format_reproduce_report(record: Mapping[str, Any]) -> str:

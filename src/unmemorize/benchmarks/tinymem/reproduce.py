@@ -33,8 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...io import atomic_write_json, atomic_write_text
-
 
 @dataclass(frozen=True)
 class Cell:
@@ -215,22 +213,21 @@ def reproduce_tinymem(
             "top": _top(summary),
             "check": findings(cell, summary),
         }
-    record = {
-        "kind": "reproduce",
-        "study": "tinymem",
-        "paper": "Sakarvadia et al. 2024, arXiv 2410.02159",
-        "n_seeds": seeds,
-        "preset": preset,
-        "overrides": list(overrides),
-        "settings": settings or "default",
-        "cells": results,
-        "seconds": time.perf_counter() - t0,
-    }
-    if command is not None:
-        record["command"] = command
-    atomic_write_json(out / "summary.json", record)
-    atomic_write_text(out / "REPORT.md", format_reproduce_report(record))
-    return record
+    from ..seeds import write_study
+
+    return write_study(
+        out,
+        "tinymem",
+        "Sakarvadia et al. 2024, arXiv 2410.02159",
+        results,
+        format_reproduce_report,
+        seconds=time.perf_counter() - t0,
+        command=command,
+        n_seeds=seeds,
+        preset=preset,
+        overrides=list(overrides),
+        settings=settings or "default",
+    )
 
 
 def _top(summary: Mapping[str, Any], n: int = 3) -> list[dict[str, Any]]:
