@@ -104,6 +104,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print()
-    print((Path(args.out) / "REPORT.md").read_text())
+    print(study.format_reproduce_report(record))
     print(f"time {record['seconds']:.0f} s   report: {Path(args.out) / 'REPORT.md'}")
     return 0
