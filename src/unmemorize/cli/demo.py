@@ -165,8 +165,6 @@ def _demo_seeds(args: argparse.Namespace, methods, device) -> int:
     )
     print()
     print(format_seeds_table(summary))
-    for seed, why in summary["seeds_skipped"].items():
-        print(f"  seed {seed} skipped: {why}")
     print(f"  time             {summary['seconds']:6.0f} s")
     print(f"summary: {Path(args.out) / 'summary.json'}   report: unmemorize report {args.out}")
     return 0

@@ -243,7 +243,7 @@ class TinyMemBenchmark(Benchmark):
         if record.get("kind") == "seeds":
             from ..seeds import seeds_section
 
-            utility = "perplexity" if record.get("metric_form") == "perplexity" else "accuracy"
+            utility = self.tradeoff(record.get("experiment"))[1]
             u_fmt = "num" if utility == "perplexity" else "pct"
             return seeds_section(
                 index,

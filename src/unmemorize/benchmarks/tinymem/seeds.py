@@ -180,7 +180,6 @@ def run_tinymem_seeds(
         "overrides": list(overrides),
         "experiment": experiments[seeds[0]].to_dict(),
         "selection": SELECTION_NOTE,
-        "metric_form": "perplexity" if task == "text" else "accuracy",
         **aggregate(
             used,
             [*ROW_KEYS, *set_keys],
@@ -204,9 +203,10 @@ def run_tinymem_seeds(
 def format_seeds_table(summary: Mapping[str, Any]) -> str:
     """The CLI's table: per method, mean [95% CI] of score, memorized and utility over seeds."""
     from ..seeds import configs_text, interval_text, paired_text
+    from .benchmark import TinyMemBenchmark
 
-    text = summary.get("metric_form") == "perplexity"
-    utility = "perplexity" if text else "accuracy"
+    utility = TinyMemBenchmark.tradeoff(summary.get("experiment"))[1]
+    text = utility == "perplexity"
 
     def pct(x: float) -> str:
         return f"{x:.1%}"
@@ -233,6 +233,7 @@ def format_seeds_table(summary: Mapping[str, Any]) -> str:
         "reported on disjoint test rows"
     )
     lines += [paired_text(c) for c in summary.get("paired", [])]
+    lines += [f"seed {s} left out: {why}" for s, why in summary.get("seeds_skipped", {}).items()]
     return "\n".join(lines)
 
 
