@@ -115,17 +115,17 @@ def test_paper_settings_reach_every_point_and_default_changes_nothing() -> None:
 
 
 def test_restor_paper_settings_config_and_methods() -> None:
-    from unmemorize.benchmarks.restor.pipeline import _resolve_grid, make_restor_config
+    from unmemorize.benchmarks.restor.pipeline import resolve_grid, make_restor_config
 
     cfg = make_restor_config(settings="paper", overrides=["corrupt.epochs=2"])
     assert (cfg.corrupt.mode, cfg.corrupt.lora_rank, cfg.corrupt.lr) == ("lora", 8, 5e-5)
     assert cfg.corrupt.epochs == 2  # the user's override wins
     assert cfg.corrupt.holdout == 0.1 and cfg.eval.val_fraction == 0.1
     assert make_restor_config().corrupt.mode == "full"
-    grid = _resolve_grid(None, None, "paper")
+    grid = resolve_grid(None, None, "paper")
     assert all(p["ratio"] == "batch_mean" and p["weight_decay"] == 0.1 for p in grid["npo"])
     assert all(p["divergence"] == "cross_entropy" for p in grid["kl"])
-    assert _resolve_grid(None, None) == _resolve_grid(None, None, "default")
+    assert resolve_grid(None, None) == resolve_grid(None, None, "default")
 
 
 def test_sweep_paper_settings_in_the_space_and_default_id_unchanged() -> None:

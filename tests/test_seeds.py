@@ -239,6 +239,43 @@ def test_restor_reuses_a_clean_model_of_the_same_world_with_identical_results(tm
 
 
 @pytest.mark.slow
+def test_restor_seeds_resume_runs_only_the_missing_methods_with_identical_results(tmp_path):
+    """A resumed study with one more method (or another grid for one) runs just that method on
+    each seed's stored corrupted model; the rows equal a run of every method from scratch."""
+    from unmemorize.benchmarks.restor.pipeline import make_restor_config, run_restor
+    from unmemorize.benchmarks.restor.seeds import run_restor_seeds
+
+    cfg = make_restor_config("micro", level=1)
+    out = tmp_path / "study"
+    run_restor_seeds(out, [0], cfg, methods=["ga"], progress=False)
+    corrupted = out / "seed-0" / "corrupted" / "model.safetensors"
+    stamp = corrupted.stat().st_mtime_ns
+    ga_grid = {"ga": {"lr": [1e-4, 5e-5], "epochs": 1, "batch_size": 8}}
+    both = {**ga_grid, "durable": {"ratio": 0.05}}
+    extended = run_restor_seeds(
+        out, [0], cfg, methods=["ga", "durable"], grid=both, resume=True, progress=False
+    )
+    assert corrupted.stat().st_mtime_ns == stamp  # neither trained nor corrupted again
+    seed = json.loads((out / "seed-0" / "summary.json").read_text())
+    assert seed["extended_with"] == [["durable", "ga"]]  # ga's grid changed, durable was missing
+    scratch = run_restor(
+        tmp_path / "scratch", make_restor_config("micro", ["world.seed=0", "clean.seed=0",
+        "corrupt.seed=0"], level=1), methods=["ga", "durable"], grid=both, progress=False,
+    )  # fmt: skip
+    assert seed["corrupted"] == scratch["corrupted"]
+    for name in ("ga", "durable"):
+        for key in ("target_accuracy", "untargeted_accuracy", "logits", "overrides"):
+            assert seed["methods"][name][key] == scratch["methods"][name][key], (name, key)
+    assert set(extended["methods"]) == {"ga", "durable"}
+    # the same study again reuses the seed as it is; a subset of its methods too
+    stamp = (out / "seed-0" / "summary.json").stat().st_mtime_ns
+    again = run_restor_seeds(out, [0], cfg, methods=["durable"], grid=both, resume=True,
+                             progress=False)  # fmt: skip
+    assert (out / "seed-0" / "summary.json").stat().st_mtime_ns == stamp
+    assert set(again["methods"]) == {"durable"}
+
+
+@pytest.mark.slow
 def test_sweep_seeds_runs_the_grid_on_each_seed_and_resumes(tmp_path, capsys):
     from .conftest import TINY_OVERRIDES
 

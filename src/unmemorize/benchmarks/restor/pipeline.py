@@ -130,7 +130,7 @@ def best_per_method(rows: Sequence[dict]) -> dict[str, dict]:
 # --------------------------------------------------------------------------- the whole run
 
 
-def _resolve_grid(
+def resolve_grid(
     methods: Sequence[str] | None, space: Mapping[str, Any] | None, settings: str | None = None
 ) -> dict[str, list[dict[str, Any]]]:
     """Method -> its configurations: the points of ``space`` (default: the benchmark's default
@@ -187,7 +187,7 @@ def run_restor(
     """
     cfg = cfg or make_restor_config(settings=settings)
     cfg.validate()
-    grid = _resolve_grid(methods, grid, settings)
+    grid = resolve_grid(methods, grid, settings)
     out = Path(out)
     check_output_dir(out, overwrite)  # the previous output stays until the new one is complete
     t0 = time.perf_counter()
@@ -274,6 +274,78 @@ def _load_clean(run_dir: Path, cfg: RestorConfig) -> tuple[PreTrainedModel, floa
     return model, read_json(run_dir / "summary.json")["clean"]["final_train_loss"]
 
 
+def recorded_grid(summary: Mapping[str, Any]) -> dict[str, list[list[str]]]:
+    """Method -> the overrides of each configuration a finished run ran (its ``runs``, in order),
+    the form :func:`grid_overrides` gives a grid, so the two compare."""
+    grid: dict[str, list[list[str]]] = {}
+    for row in summary.get("runs", []):
+        grid.setdefault(row["method"], []).append(list(row["overrides"]))
+    return grid
+
+
+def grid_overrides(grid: Grid) -> dict[str, list[list[str]]]:
+    """Method -> the overrides of each of its configurations in ``grid``, as runs record them."""
+    from ..runner import overrides_list
+
+    return {name: [overrides_list(p) for p in points] for name, points in grid.items()}
+
+
+def extend_restor(
+    run_dir: str | Path,
+    cfg: RestorConfig,
+    grid: Grid,
+    *,
+    progress: bool = True,
+) -> dict:
+    """Run ``grid``'s methods on the corrupted model of a finished synthetic :func:`run_restor`
+    output and merge them into its ``summary.json`` (their earlier runs, if any, replaced).
+
+    Adding a method to a study (or changing one method's grid) then costs that method's runs
+    only, not a new clean model, corruption and every other method. The result equals a run of
+    the merged grid from scratch: the corrupted weights are stored exactly (float32
+    safetensors), the world and its evaluation are rebuilt from ``cfg`` (which must be the one
+    the run recorded), and each method seeds itself (the ``run_restor`` + ``extend_restor`` test
+    compares the rows).
+    """
+    import json
+
+    from ...models import load_model
+
+    run_dir = Path(run_dir)
+    summary_file = run_dir / "summary.json"
+    summary = read_json(summary_file)
+    if summary.get("config") != json.loads(json.dumps(to_dict(cfg))):
+        raise ValueError(
+            f"{run_dir} was run with another RESTOR configuration; run it again (run_restor) "
+            "instead of extending it"
+        )
+    start = time.perf_counter()
+    task = synthetic_task(make_fact_world(cfg.world), cfg)
+    corrupted, tokenizer = load_model(run_dir / "corrupted")
+    evaluate = RestorEval(task.facts, task.targets, task.untargeted, task.wrong, cfg.eval)
+    runs = run_unlearning(
+        corrupted,
+        tokenizer,
+        evaluate,
+        task.forget_docs,
+        task.retain_docs,
+        grid,
+        {"clean": summary["clean"], "corrupted": summary["corrupted"]},
+        max_length=cfg.model.context_length,
+        progress=progress,
+    )
+    summary["runs"] = [r for r in summary["runs"] if r["method"] not in grid] + runs
+    summary["methods"] = {
+        name: _method_entry(row) for name, row in best_per_method(summary["runs"]).items()
+    }
+    seconds = time.perf_counter() - start
+    summary["timings"]["unlearn"] = summary["timings"].get("unlearn", 0.0) + seconds
+    summary["seconds"] = summary.get("seconds", 0.0) + seconds
+    summary.setdefault("extended_with", []).append(sorted(grid))
+    atomic_write_json(summary_file, summary)
+    return summary
+
+
 def run_restor_on_model(
     model_dir: str | Path,
     task: RestorTask,
@@ -298,7 +370,7 @@ def run_restor_on_model(
 
     cfg = cfg or make_restor_config(settings=settings)
     cfg.validate()
-    grid = _resolve_grid(methods, grid, settings)
+    grid = resolve_grid(methods, grid, settings)
     clean, tokenizer = load_model(model_dir, dtype=dtype, device=device)
     check_encodable(tokenizer, [f.question for f in task.facts.items(task.targets)], "questions")
     out = Path(out)
@@ -482,9 +554,13 @@ __all__ = [
     "clean_batches",
     "corrupt_model",
     "encode_documents",
+    "extend_restor",
     "file_task",
     "format_restor_table",
+    "grid_overrides",
     "make_restor_config",
+    "recorded_grid",
+    "resolve_grid",
     "run_restor",
     "run_restor_on_model",
     "run_unlearning",

@@ -68,14 +68,23 @@ def seed_overrides(seed: int) -> list[str]:
     return [f"world.seed={seed}", f"clean.seed={seed}", f"corrupt.seed={seed}"]
 
 
-def _covers(recorded: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> bool:
-    """A finished seed serves a run of the same configuration whose methods it ran (a superset
-    is fine: each method's rows and choice are its own)."""
-    if not recorded or recorded.get("config") != wanted["config"]:
-        return False
-    if recorded.get("methods") is None or wanted["methods"] is None:
-        return recorded.get("methods") == wanted["methods"]
-    return set(wanted["methods"]) <= set(recorded["methods"])
+def _stale_methods(
+    recorded: Mapping[str, Any], config: Mapping[str, Any], wanted: Mapping[str, list[list[str]]]
+) -> list[str] | None:
+    """The methods of ``wanted`` (method -> its configurations' overrides) that a finished seed's
+    summary ``recorded`` did not run with exactly those configurations; None when it was run with
+    another RESTOR configuration (world, models, corruption, evaluation) and serves nothing.
+
+    A seed that ran more methods serves a run of a subset (each method's rows and choice are its
+    own); a method missing or run with another grid is run again on the seed's corrupted model
+    (:func:`~.pipeline.extend_restor`).
+    """
+    from .pipeline import recorded_grid
+
+    if recorded.get("config") != config:
+        return None
+    done = recorded_grid(recorded)
+    return [name for name, points in wanted.items() if done.get(name) != points]
 
 
 def _seed_entry(
@@ -140,25 +149,35 @@ def run_restor_seeds(
         ``values`` (ranked by mean recovery), the clean/corrupted references, paired comparisons
         of the top methods, and ``per_seed``.
     """
-    from .pipeline import clean_matches, run_restor
+    from .pipeline import resolve_grid, clean_matches, extend_restor, grid_overrides, run_restor
 
     t0 = time.perf_counter()
     out = open_seeds_dir(out, seeds, resume=resume, overwrite=overwrite)
+    wanted_grid = resolve_grid(methods, grid, settings)  # unknown methods fail before any work
+    wanted_overrides = grid_overrides(wanted_grid)
+    names = list(wanted_grid)
     per_seed = []
     for s in seeds:
         seed_cfg = apply_overrides(cfg, seed_overrides(s))
         seed_cfg.validate()
         seed_dir = out / f"seed-{s}"
         summary_file = seed_dir / "summary.json"
-        wanted = {  # as JSON writes it (tuples become lists), to compare with a written one
-            "config": json.loads(json.dumps(to_dict(seed_cfg))),
-            "methods": sorted(methods) if methods else None,
-        }
+        config = json.loads(json.dumps(to_dict(seed_cfg)))  # as written: tuples become lists
         if summary_file.is_file():
             previous = read_json(summary_file)
-            if _covers(previous.get("seeds_fingerprint"), wanted):
-                log.info("seed %d: reusing %s", s, summary_file)
-                per_seed.append(_seed_entry(s, previous, methods))
+            stale = _stale_methods(previous, config, wanted_overrides)
+            if stale is not None:
+                if stale:
+                    log.info("seed %d: running %s on its corrupted model", s, ", ".join(stale))
+                    previous = extend_restor(
+                        seed_dir,
+                        seed_cfg,
+                        {name: wanted_grid[name] for name in stale},
+                        progress=progress,
+                    )
+                else:
+                    log.info("seed %d: reusing %s", s, summary_file)
+                per_seed.append(_seed_entry(s, previous, names))
                 continue
         reuse = next(
             (
@@ -178,9 +197,7 @@ def run_restor_seeds(
             settings=settings,
             reuse_clean=reuse,
         )
-        summary["seeds_fingerprint"] = wanted
-        atomic_write_json(summary_file, summary)
-        per_seed.append(_seed_entry(s, summary, methods))
+        per_seed.append(_seed_entry(s, summary, names))
     from ...runtime import environment
     from .benchmark import RestorBenchmark
 
