@@ -115,7 +115,7 @@ def test_paper_settings_reach_every_point_and_default_changes_nothing() -> None:
 
 
 def test_restor_paper_settings_config_and_methods() -> None:
-    from unmemorize.benchmarks.restor.pipeline import resolve_grid, make_restor_config
+    from unmemorize.benchmarks.restor.pipeline import make_restor_config, resolve_grid
 
     cfg = make_restor_config(settings="paper", overrides=["corrupt.epochs=2"])
     assert (cfg.corrupt.mode, cfg.corrupt.lora_rank, cfg.corrupt.lr) == ("lora", 8, 5e-5)

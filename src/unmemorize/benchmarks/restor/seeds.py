@@ -149,7 +149,7 @@ def run_restor_seeds(
         ``values`` (ranked by mean recovery), the clean/corrupted references, paired comparisons
         of the top methods, and ``per_seed``.
     """
-    from .pipeline import resolve_grid, clean_matches, extend_restor, grid_overrides, run_restor
+    from .pipeline import clean_matches, extend_restor, grid_overrides, resolve_grid, run_restor
 
     t0 = time.perf_counter()
     out = open_seeds_dir(out, seeds, resume=resume, overwrite=overwrite)
