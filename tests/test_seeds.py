@@ -148,7 +148,7 @@ def test_tinymem_split_halves_are_disjoint_and_cover_every_row(tiny_run):
 
 @pytest.mark.slow
 def test_demo_seeds_writes_intervals_per_method_and_metric_and_a_report_with_error_bars(
-    tmp_path, capsys
+    tmp_path, capsys, caplog
 ):
     from .conftest import TINY_OVERRIDES
 
@@ -182,6 +182,32 @@ def test_demo_seeds_writes_intervals_per_method_and_metric_and_a_report_with_err
     assert any(f.startswith("seeds-score") for f in figures)
     md = (tmp_path / "report" / "report.md").read_text()
     assert "95% confidence interval" in md and "Paired comparisons" in md
+
+    # --audit on the finished study: the grids are not run again; each method's chosen edit is
+    # applied again (the same edit: no mismatch logged) and audited on the test half
+    runs = [json.loads((out / f"seed-{s}" / "result.json").read_text())["runs"] for s in (0, 1)]
+    with caplog.at_level("WARNING", logger="unmemorize.benchmarks.tinymem.seeds"):
+        assert main([*argv, "--no-progress", "--audit", *TINY_OVERRIDES]) == 0
+    assert not [r for r in caplog.records if "applied again" in r.getMessage()]
+    printed = capsys.readouterr().out
+    assert "returns (relearning)" in printed and "MIA AUC" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["audit"]["n_seeds"] == 2
+    for s in (0, 1):
+        entry = json.loads((out / f"seed-{s}" / "result.json").read_text())
+        assert [r["score"] for r in entry["runs"]] == [r["score"] for r in runs[s]]
+        assert (out / f"seed-{s}" / "audit" / "ga" / "audit.json").is_file()
+        assert entry["baseline"]["audit/min_k_auc"] is not None
+    for name in ("ga", "finetune_clean"):
+        returned = summary["methods"][name]["audit/returned_fraction"]
+        assert returned["n_seeds"] == 2 and 0 <= returned["ci95_low"] <= returned["ci95_high"] <= 1
+    assert summary["baseline"]["audit/min_k_auc"]["n_seeds"] == 2
+    assert main(["report", str(out), "--out", str(tmp_path / "audited")]) == 0
+    md = (tmp_path / "audited" / "report.md").read_text()
+    assert "returns after relearning" in md and "applied again" in md
+    stamp = (out / "seed-0" / "result.json").stat().st_mtime_ns
+    assert main([*argv, "--no-progress", "--audit", *TINY_OVERRIDES]) == 0  # audited: reused
+    assert (out / "seed-0" / "result.json").stat().st_mtime_ns == stamp
 
 
 @pytest.mark.slow
@@ -296,6 +322,16 @@ def test_sweep_seeds_runs_the_grid_on_each_seed_and_resumes(tmp_path, capsys):
     assert main(["sweep", "--seeds", "2", "--search", "tpe", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--seeds" in err[0]
+    # --audit audits the chosen runs of the finished seeds without running the grids again
+    assert main([*argv, "--audit", "--audit-checks", "exact,relearn"]) == 0
+    assert (out / "seed-0" / "result.json").stat().st_mtime_ns != stamp
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["methods"]["ga"]["audit/returned_fraction"]["n_seeds"] == 2
+    assert "audit/min_k_auc" not in summary["methods"]["ga"]  # MIA not run
+    capsys.readouterr()
+    assert main([*argv, "--audit", "--rank-by", "audited"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--rank-by audited" in err[0]
 
 
 def test_a_seeds_directory_of_another_experiment_is_retrained_not_reused(tmp_path, monkeypatch):

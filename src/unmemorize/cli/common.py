@@ -6,6 +6,7 @@ Kept light (argparse only at import time): ``unmemorize --help`` imports every c
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 class Parser(argparse.ArgumentParser):
@@ -212,6 +213,22 @@ def add_audit_options(parser: argparse.ArgumentParser, *, prefix: str = "", lrs:
             metavar=name.split("-")[-1].upper(),
             help=text.format(lrs=lrs),
         )
+
+
+def seeds_auditor_factory(args: argparse.Namespace, benchmark: str = "tinymem"):
+    """``seed_dir -> BenchmarkAuditor`` (writing under ``seed_dir/audit``) for ``--seeds
+    --audit`` with the demo's audit options, or None without ``--audit``."""
+    if not args.audit:
+        return None
+    from ..audit.pipeline import DEMO_RELEARN_LRS, BenchmarkAuditor
+    from ..benchmarks import get_benchmark
+
+    config = audit_config_from_args(args, prefix="audit-", default_lrs=DEMO_RELEARN_LRS)
+
+    def factory(seed_dir: Path) -> BenchmarkAuditor:
+        return BenchmarkAuditor(get_benchmark(benchmark), config, Path(seed_dir) / "audit")
+
+    return factory
 
 
 def audit_config_from_args(args: argparse.Namespace, *, prefix: str = "", default_lrs=None):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import UserError
 from ..runtime import add_runtime_args, resolve_device
 from .common import (
     add_audit_flag,
@@ -16,6 +15,7 @@ from .common import (
     audit_requested,
     format_method_table,
     resumes_seeds,
+    seeds_auditor_factory,
 )
 from .replay import add_config_option
 
@@ -50,7 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_audit_flag(
         demo,
         "the unedited model and every method's best run (OUT/audit/<method>/audit.json; the "
-        "table gains 'returns after relearning' and 'MIA AUC'; relearning at lr 1e-4 only)",
+        "table gains 'returns after relearning' and 'MIA AUC'; relearning at lr 1e-4 only); "
+        "with --seeds, each seed's chosen runs on its test rows, with intervals over the seeds "
+        "(a finished seed is audited without running its grid again)",
         "1e-4",
     )
     # TinyMem trains a fresh model in float32 (its results are float32 results): --device only
@@ -65,13 +67,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     audit_requested(args)
-    if args.seeds is not None and args.audit:
-        raise UserError(
-            "--audit audits one model; with --seeds audit a seed's run afterwards: unmemorize "
-            "unlearn --model OUT/seed-0/model ... --audit"
-        )
     auditor = None
-    if args.audit:
+    if args.audit and args.seeds is None:
         from ..audit.pipeline import DEMO_RELEARN_LRS, BenchmarkAuditor
         from ..benchmarks import get_benchmark
 
@@ -162,9 +159,16 @@ def _demo_seeds(args: argparse.Namespace, methods, device) -> int:
         overwrite=args.overwrite,
         resume=resumes_seeds(args),
         command=getattr(args, "record", None),
+        audit=seeds_auditor_factory(args),
     )
     print()
     print(format_seeds_table(summary))
+    if "audit" in summary:
+        a = summary["audit"]
+        print(
+            f"  audit time       {a['seconds']:6.0f} s  (each method's chosen configuration "
+            "applied again and audited on the test rows of every seed)"
+        )
     print(f"  time             {summary['seconds']:6.0f} s")
     print(f"summary: {Path(args.out) / 'summary.json'}   report: unmemorize report {args.out}")
     return 0

@@ -13,6 +13,7 @@ from .common import (
     audit_config_from_args,
     audit_requested,
     resumes_seeds,
+    seeds_auditor_factory,
     tracked,
 )
 
@@ -132,9 +133,9 @@ def cmd_sweep(args) -> int:
 
     if args.resume and args.out and Path(args.out) != Path(args.resume):
         raise UserError("give either --resume DIR or --out DIR, not both")
+    audit_requested(args)
     if args.seeds is not None:
         return _sweep_seeds(args)
-    audit_requested(args)
     audit = None
     if args.audit:
         if args.resume:
@@ -208,8 +209,6 @@ def cmd_sweep(args) -> int:
 _NOT_WITH_SEEDS = {
     "resume": "rerun the same command to resume: finished seeds are reused",
     "model": "--seeds trains one base model per seed",
-    "audit": "audit a seed's model afterwards (unmemorize unlearn --model OUT/seed-0/model ... "
-    "--audit)",
     "trials": "--seeds runs the whole grid on every seed",
     "storage": "--seeds keeps each seed's rows in OUT/seed-<s>/result.json",
 }
@@ -225,6 +224,11 @@ def _sweep_seeds(args) -> int:
     for option, why in _NOT_WITH_SEEDS.items():
         if getattr(args, option, None):
             raise UserError(f"--{option} does not go with --seeds: {why}")
+    if args.rank_by == "audited":
+        raise UserError(
+            "--rank-by audited does not go with --seeds: each seed's configurations are chosen "
+            "by their score on validation rows (--audit still audits the chosen ones)"
+        )
     if args.benchmark != "tinymem" or args.search != "grid" or args.backend != "local":
         raise UserError(
             "--seeds runs a local grid sweep on TinyMem base models; drop --benchmark, "
@@ -259,6 +263,7 @@ def _sweep_seeds(args) -> int:
             overwrite=args.overwrite,
             resume=resumes_seeds(args),
             command=getattr(args, "record", None),
+            audit=seeds_auditor_factory(args),
         )
     print()
     print(format_seeds_table(summary))

@@ -245,7 +245,12 @@ class TinyMemBenchmark(Benchmark):
 
             utility = self.tradeoff(record.get("experiment"))[1]
             u_fmt = "num" if utility == "perplexity" else "pct"
-            return seeds_section(
+            audited = "audit" in record  # demo/sweep --seeds --audit
+            audit_columns = [
+                ("audit/returned_fraction", "returns after relearning", "pct"),
+                ("audit/min_k_auc", "MIA AUC (Min-K%)", "num"),
+            ]
+            section = seeds_section(
                 index,
                 title,
                 record,
@@ -254,16 +259,32 @@ class TinyMemBenchmark(Benchmark):
                     ("still_memorized_fraction", "still memorized", "pct"),
                     ("memorized_fraction", "memorized", "pct"),
                     (utility, utility, u_fmt),
+                    *(audit_columns if audited else []),
                     ("seconds", "seconds", "num"),
                 ],
                 baseline_rows=[
-                    ("(unedited)", {"memorized_fraction": "memorized_fraction", utility: utility}),
+                    (
+                        "(unedited)",
+                        {
+                            "memorized_fraction": "memorized_fraction",
+                            utility: utility,
+                            **({"audit/min_k_auc": "audit/min_k_auc"} if audited else {}),
+                        },
+                    ),
                 ],  # fmt: skip
                 figure_metrics=[
                     ("score", "selection score (lower is better)"),
                     ("still_memorized_fraction", "share still memorized"),
+                    *(
+                        [("audit/returned_fraction", "share returned after relearning")]
+                        if audited
+                        else []
+                    ),
                 ],
             )
+            if audited:
+                section.notes.append(f"audit: {record['audit'].get('note', '')}")
+            return section
         from .report import tinymem_section, training_history
 
         kind = "sweep" if record.get("kind") == "sweep" else "demo"

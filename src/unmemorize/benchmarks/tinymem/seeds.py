@@ -20,13 +20,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...io import atomic_write_json, read_json
 from ...metrics.intervals import bootstrap_proportion
 from ..seeds import SELECTION_NOTE, aggregate, best_by_validation, open_seeds_dir, run_split_grid
+
+if TYPE_CHECKING:
+    from ..runner import Auditor
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,18 @@ ROW_KEYS = (
 )
 SHARES = ("memorized_fraction", "still_memorized_fraction", "accuracy", "changed_fraction")
 BASELINE_KEYS = ("memorized_fraction", "n_memorized", "accuracy", "perplexity")
+#: The audit's headline figures (:func:`unmemorize.audit.pipeline.audit_summary`) aggregated over
+#: seeds as ``audit/<key>`` when the study is audited: the two relearning attacks, the worst
+#: quantized precision, discoverability by sampling and the Min-K% membership AUC.
+AUDIT_KEYS = (
+    "forget_half_returned_fraction",
+    "benign_returned_fraction",
+    "returned_fraction",
+    "quantization_max",
+    "discoverable_fraction",
+    "min_k_auc",
+)
+AUDIT_SHARES = tuple(f"audit/{k}" for k in AUDIT_KEYS if k != "min_k_auc")
 
 
 def seed_overrides(seed: int) -> list[str]:
@@ -65,6 +80,7 @@ def run_tinymem_seeds(
     resume: bool = False,
     command: dict | None = None,
     label: str | None = None,
+    audit: Callable[[Path], Auditor] | None = None,
 ) -> dict[str, Any]:
     """Train one base model per seed, run every method on each, and aggregate; ``summary.json``.
 
@@ -78,6 +94,11 @@ def run_tinymem_seeds(
         resume: keep what ``out`` holds and reuse each finished seed whose configuration matches
             (``unmemorize reproduce``); without it a non-empty ``out`` needs ``overwrite``.
         label: a name for the study (``reproduce``'s cell), recorded in the summary.
+        audit: ``seed_dir -> auditor`` (e.g. a :class:`~unmemorize.audit.pipeline.
+            BenchmarkAuditor` writing under ``seed_dir/audit``): each method's chosen
+            configuration is applied again and audited on the seed's test half
+            (:func:`_audit_chosen`), the audit's figures aggregated as ``audit/<key>``. A
+            finished seed is audited without running its grid again.
 
     Returns:
         The summary (see :func:`unmemorize.benchmarks.seeds.aggregate`), plus ``per_seed``: each
@@ -114,6 +135,18 @@ def run_tinymem_seeds(
             previous = read_json(result_file)
             if previous.get("fingerprint") == fingerprint:
                 log.info("seed %d: reusing %s", s, result_file)
+                auditor = None if audit is None else audit(seed_dir)
+                recorded = previous.get("audit", {}).get("config", "none")
+                if (
+                    auditor is not None
+                    and "skipped" not in previous
+                    and (recorded != _auditor_config(auditor))
+                ):
+                    model, tokenizer, data = load_run(seed_dir / "model")
+                    prepared = bench.prepare(model.to(device), data, chosen.name, tokenizer)
+                    _, test = bench.split(prepared, seed=s)
+                    _audit_chosen(bench, prepared, test, previous, auditor)
+                    atomic_write_json(result_file, previous)
                 per_seed.append(previous)
                 continue
         start = time.perf_counter()
@@ -161,6 +194,8 @@ def run_tinymem_seeds(
                     "runs": rows,
                 }
             )
+            if audit is not None:
+                _audit_chosen(bench, prepared, test, entry, audit(seed_dir))
         entry["seconds"] = time.perf_counter() - start
         atomic_write_json(result_file, entry)
         per_seed.append(entry)
@@ -169,6 +204,8 @@ def run_tinymem_seeds(
     set_keys = sorted(
         {k for e in used for row in e["methods"].values() for k in row if k.startswith("accuracy/")}
     )
+    audited = any("audit" in e for e in used)
+    audit_keys = [f"audit/{k}" for k in AUDIT_KEYS] if audited else []
     summary: dict[str, Any] = {
         "kind": "seeds",
         "benchmark": bench.name,
@@ -182,15 +219,21 @@ def run_tinymem_seeds(
         "selection": SELECTION_NOTE,
         **aggregate(
             used,
-            [*ROW_KEYS, *set_keys],
-            baseline_keys=BASELINE_KEYS,
+            [*ROW_KEYS, *set_keys, *audit_keys],
+            baseline_keys=[*BASELINE_KEYS, *audit_keys],
             paired_keys=("score", "still_memorized_fraction"),
-            shares=SHARES,
+            shares=(*SHARES, *AUDIT_SHARES),
         ),
         "seeds_skipped": {e["seed"]: e["skipped"] for e in per_seed if "skipped" in e},
         "per_seed": per_seed,
         "seconds": time.perf_counter() - t0,
     }
+    if audited:
+        summary["audit"] = {
+            "n_seeds": sum("audit" in e for e in used),
+            "seconds": sum(e["audit"]["seconds"] for e in used if "audit" in e),
+            "note": AUDIT_NOTE,
+        }
     from ...runtime import environment
 
     summary["environment"] = environment()
@@ -198,6 +241,62 @@ def run_tinymem_seeds(
         summary["command"] = command
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+AUDIT_NOTE = (
+    "each method's chosen configuration applied again on the seed's base model (methods are "
+    "seeded: the same edit) and audited on the test half of the rows; the unedited model "
+    "without the relearning attacks"
+)
+
+
+def _audit_chosen(
+    bench: Any, prepared: Any, test: Any, entry: dict[str, Any], auditor: Auditor
+) -> None:
+    """Audit the unedited model and each method's chosen configuration on the ``test`` half.
+
+    The edited models of the grid are not kept (one per run would not fit a large grid), so each
+    chosen configuration is applied again: the methods seed themselves, so it is the edit the
+    row measured, which the test-half evaluation checks (a mismatch is logged). Adds
+    ``"audit"`` (the unedited model's figures as ``audit/<key>`` under ``baseline``, the
+    seconds) to ``entry`` and ``audit/<key>`` to each method's row.
+    """
+    from ...methods import build_method
+
+    start = time.perf_counter()
+    before = auditor(prepared.model, test, None)
+    entry["baseline"] = {**entry["baseline"], **{f"audit/{k}": before.get(k) for k in AUDIT_KEYS}}
+    for name, row in entry["methods"].items():
+        if "error" in row:
+            continue
+        result = build_method(name, row["overrides"]).apply(prepared.model, prepared.data)
+        again = bench.evaluate(result.model, test)
+        if again.get("n_still_memorized") != row.get("n_still_memorized"):
+            log.warning(
+                "seed %s: %s applied again leaves %s rows memorized, not %s; auditing that edit",
+                entry["seed"],
+                name,
+                again.get("n_still_memorized"),
+                row.get("n_still_memorized"),
+            )
+        summary = auditor(result.model, test, row)
+        row["audit"] = summary
+        row.update({f"audit/{k}": summary.get(k) for k in AUDIT_KEYS})
+    entry["audit"] = {
+        "seconds": time.perf_counter() - start,
+        "config": _auditor_config(auditor),
+        "note": AUDIT_NOTE,
+    }
+
+
+def _auditor_config(auditor: Any) -> Any:
+    """The auditor's configuration as JSON writes it (None for a plain callable)."""
+    import dataclasses
+
+    config = getattr(auditor, "config", None)
+    if config is None or not dataclasses.is_dataclass(config):
+        return None
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
 def format_seeds_table(summary: Mapping[str, Any]) -> str:
@@ -234,7 +333,38 @@ def format_seeds_table(summary: Mapping[str, Any]) -> str:
     )
     lines += [paired_text(c) for c in summary.get("paired", [])]
     lines += [f"seed {s} left out: {why}" for s, why in summary.get("seeds_skipped", {}).items()]
+    if "audit" in summary:
+        lines += ["", format_audit_table(summary)]
     return "\n".join(lines)
 
 
-__all__ = ["format_seeds_table", "run_tinymem_seeds", "seed_overrides"]
+#: The audit table's columns: (key under ``audit/``, header, format).
+AUDIT_COLUMNS = (
+    ("returned_fraction", "returns (relearning)", "pct"),
+    ("quantization_max", "memorized quantized", "pct"),
+    ("discoverable_fraction", "discoverable", "pct"),
+    ("min_k_auc", "MIA AUC (Min-K%)", "num"),
+)
+
+
+def format_audit_table(summary: Mapping[str, Any]) -> str:
+    """Per method, mean [95% CI] over the seeds of what the audit found in its chosen edit."""
+    from ..seeds import interval_text
+
+    fmts = {"pct": lambda x: f"{x:.0%}", "num": lambda x: f"{x:.2f}"}
+    head = f"{'audit':<22} " + " ".join(f"{h:>22}" for _, h, _ in AUDIT_COLUMNS)
+    lines = [head, "-" * len(head)]
+    rows = [("(unedited)", summary["baseline"]), *summary["methods"].items()]
+    for name, m in rows:
+        cells = [interval_text(m.get(f"audit/{k}"), fmts[f]) for k, _, f in AUDIT_COLUMNS]
+        lines.append(f"{name:<22} " + " ".join(f"{c:>22}" for c in cells))
+    lines.append(
+        "returns: the share of the removed rows memorized again after a few fine-tuning steps "
+        "(the worse of the forget-half and benign attacks; the unedited model is not attacked); "
+        "memorized quantized: the highest over the quantized precisions; discoverable: by "
+        "sampling; MIA AUC: 0.5 = the rows look unseen"
+    )
+    return "\n".join(lines)
+
+
+__all__ = ["format_audit_table", "format_seeds_table", "run_tinymem_seeds", "seed_overrides"]
