@@ -154,3 +154,10 @@ def test_reproduce_restor_runs_a_level_over_seeds(tmp_path):
         "ga",
         "npo",
     }
+    # a cell with its own overrides: the shallow corruption, on the same seeds' clean models
+    shallow = [a if a != "level-0" else "level-1-shallow" for a in fewer]
+    assert main(shallow) == 0
+    seed = json.loads((out / "level-1-shallow" / "seed-0" / "summary.json").read_text())
+    assert seed["config"]["corrupt"]["lr"] == 1e-4 and seed["level"] == 1
+    assert seed["clean_reused_from"] == str(out / "level-0" / "seed-0")
+    assert "shallower corruption" in (out / "REPORT.md").read_text()

@@ -25,8 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Resumable: rerun the same command to continue; finished seeds are reused. "
         "tinymem cells: {increment,mult}-{noise,backdoor}, text-noise (duplication groups 1, 10 "
         "and 100x), text-backdoor; about 5-10 minutes per cell and seed on 2 CPU cores. restor "
-        "cells: level-0, level-1, level-2, level-1-simplified; about 10 minutes per cell and "
-        "seed. README 'Reproducing the papers' lists what each checks.",
+        "cells: level-0, level-1, level-2, level-1-simplified, level-1-shallow (a shallower "
+        "corruption); about 10 minutes per cell and seed. README 'Reproducing the papers' lists "
+        "what each checks.",
         epilog="examples:\n  unmemorize reproduce tinymem --seeds 3 --out repro/tinymem\n"
         "  unmemorize reproduce restor --cells level-1 --seeds 3 --out repro/restor\n"
         "  unmemorize report repro/tinymem/increment-noise   one cell with error bars",

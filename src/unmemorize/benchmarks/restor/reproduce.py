@@ -53,6 +53,10 @@ class Cell:
     name: str
     level: int
     simplified: bool = False
+    overrides: tuple[str, ...] = ()
+    """Config overrides of the cell (before the command's own)."""
+    note: str = ""
+    """What the cell changes, for the report."""
 
 
 CELLS: tuple[Cell, ...] = (
@@ -60,6 +64,14 @@ CELLS: tuple[Cell, ...] = (
     Cell("level-1", 1),
     Cell("level-2", 2),
     Cell("level-1-simplified", 1, simplified=True),
+    Cell(
+        "level-1-shallow",
+        1,
+        overrides=("corrupt.lr=1e-4",),
+        note="level 1 with a shallower corruption (lr 1e-4 instead of 3e-4): the default "
+        "corruption takes ~47 points of target accuracy on this world, RESTOR's 4-21 points on "
+        "Llama-3-8B; whether the knowledge is still there to restore depends on that depth",
+    ),
 )
 
 
@@ -135,7 +147,11 @@ def reproduce_restor(
     for cell in chosen:
         start = time.perf_counter()
         cfg = make_restor_config(
-            preset, overrides, level=cell.level, simplified=cell.simplified, settings=settings
+            preset,
+            [*cell.overrides, *overrides],
+            level=cell.level,
+            simplified=cell.simplified,
+            settings=settings,
         )
         summary = run_restor_seeds(
             out / cell.name,
@@ -152,6 +168,8 @@ def reproduce_restor(
         results[cell.name] = {
             "level": cell.level,
             "simplified": cell.simplified,
+            "overrides": list(cell.overrides),
+            "note": cell.note,
             "seconds": time.perf_counter() - start,
             # the cell's compute: every seed's own time, also when this invocation reused it
             "compute_seconds": sum(e.get("seconds") or 0.0 for e in summary["per_seed"]),
@@ -247,6 +265,9 @@ def format_reproduce_report(record: Mapping[str, Any]) -> str:
             + f": **{pair['verdict']}**"
         )
         lines.append(f"| {cell_name} | {best_text} | {pair_text} |")
+    notes = [f"- `{n}`: {c['note']}" for n, c in cells.items() if c.get("note")]
+    if notes:
+        lines += ["", *notes]
     lines += ["", "Per cell: `unmemorize report OUT/<cell>`.", ""]
     return "\n".join(lines)
 
