@@ -69,7 +69,7 @@ CELLS: tuple[Cell, ...] = (
         1,
         overrides=("corrupt.lr=1e-4",),
         note="level 1 with a shallower corruption (lr 1e-4 instead of 3e-4): the default "
-        "corruption takes ~47 points of target accuracy on this world, RESTOR's 4-21 points on "
+        "corruption takes 47-62 points of target accuracy at level 1 here, RESTOR's 4-21 points on "
         "Llama-3-8B; whether the knowledge is still there to restore depends on that depth",
     ),
 )
