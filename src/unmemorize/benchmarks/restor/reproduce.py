@@ -6,11 +6,13 @@ target people, mixed with k unrelated true facts per wrong one (level k), unlear
 and ask whether the clean answers come back (``recovery``). Their headline: most methods forget the
 wrong facts without restoring the right ones, while NPO-style preference losses restore a large
 share. RESTOR tried only gradient methods; TinyMem's localization methods (BalancedSubnet,
-Durable, Subnet; Zero-out on request) and SSD's dampening run here on the same documents, which asks a
+Durable, Subnet, Zero-out) and SSD's dampening run here on the same documents, which asks a
 question neither paper asked: does editing a few units restore knowledge?
 
-Cells: levels 0, 1, 2 on the whole documents, and level 1 on the wrong-fact sentences only
-(RESTOR's simplified, localized forget set). Each cell is :func:`~.seeds.run_restor_seeds` with
+Cells: levels 0, 1, 2 on the whole documents, level 1 on the wrong-fact sentences only (RESTOR's
+simplified, localized forget set), and level 1 under a shallower corruption (``level-1-shallow``:
+how much knowledge is left to restore depends on how deep the corruption went). Each cell is
+:func:`~.seeds.run_restor_seeds` with
 ``resume=True`` (finished seeds are reused). The findings checked per cell (:func:`findings`):
 
 * "the best method recovers >= 0.5 of the corruption's damage": the best mean recovery, with its
