@@ -73,6 +73,12 @@ def test_share_intervals_are_clipped_to_zero_one():
     assert agg["acc"]["ci95_high"] == 1.0 and agg["acc"]["ci95_low"] == 0.0
     assert agg["loss"]["ci95_high"] > 1.0  # not a share: the t interval as it is
     assert agg["acc"]["values"] == [0.99, 0.5]
+    # a share named in full although it has a "/" (audit/<key>), and one named by its prefix
+    rows = [{"audit/returned": 0.01, "accuracy/x": 0.99}, {"audit/returned": 0.5,
+            "accuracy/x": 0.5}]  # fmt: skip
+    agg = aggregate_seeds(rows, ["audit/returned", "accuracy/x"], shares=("audit/returned",
+                          "accuracy"))  # fmt: skip
+    assert agg["audit/returned"]["ci95_low"] == 0.0 and agg["accuracy/x"]["ci95_high"] == 1.0
 
 
 def test_aggregate_ranks_by_mean_and_pairs_the_best_with_the_next():

@@ -129,7 +129,7 @@ def aggregate_seeds(
         if not _finite(values):
             continue
         ci = t_interval(values)
-        if ci["ci95_low"] is not None and key.split("/", 1)[0] in shares:
+        if ci["ci95_low"] is not None and (key in shares or key.split("/", 1)[0] in shares):
             ci["ci95_low"] = max(0.0, ci["ci95_low"])
             ci["ci95_high"] = min(1.0, ci["ci95_high"])
         out[key] = {**ci, "values": values}
