@@ -77,6 +77,19 @@ def test_restor_findings_check_recovery_target_budget_and_npo_vs_ga():
     costly = findings(summary([seed(0.7, 0.1, 0.1), seed(0.6, 0.0, 0.1), seed(0.65, 0.05, 0.1)]))
     assert costly["best_recovery"]["method"] == "ga"
     assert costly["best_recovery"]["verdict"] == "does not hold"
+    # a corruption that did little damage: recovery is a ratio over it, and reads 2 when the
+    # unlearning merely improves the model (RESTOR's paper settings on this world)
+    shallow = summary([seed(2.2, 1.7, 0.0), seed(2.4, 1.2, 0.0), seed(1.4, 1.3, 0.0)])
+    shallow["baseline"] = {"clean_target_accuracy": {"mean": 0.81},
+                           "corrupted_target_accuracy": {"mean": 0.70}}  # fmt: skip
+    check = findings(shallow)
+    assert check["best_recovery"]["verdict"].startswith("not measurable")
+    assert check["npo_vs_ga"]["verdict"].startswith("not measurable")
+    shallow["baseline"]["corrupted_target_accuracy"]["mean"] = 0.4  # enough damage, recovery > 1
+    check = findings(shallow)
+    assert check["best_recovery"]["verdict"].startswith("not measurable")
+    assert "above the clean" in check["best_recovery"]["verdict"]
+    assert check["npo_vs_ga"]["verdict"] in ("holds", "within noise")
 
 
 def test_reproduce_names_unknown_cells_and_needs_a_study(capsys):

@@ -19,6 +19,10 @@ how much knowledge is left to restore depends on how deep the corruption went). 
   95% interval above 0, at <= 5 points of untargeted accuracy lost by the unlearning (corrupted
   model's untargeted accuracy minus the unlearned one's);
 * "NPO restores more than GA": the paired difference of recovery, NPO - GA, over the seeds.
+
+Both are *not measurable* when the corruption took less than :data:`MIN_DAMAGE` of target
+accuracy (recovery divides by that damage), and the first when the best mean recovery exceeds
+:data:`MAX_RECOVERY` (the models end above the clean ones: a general gain, not restoration).
 """
 
 from __future__ import annotations
@@ -48,6 +52,14 @@ METHODS: tuple[str, ...] = (
 #: The untargeted accuracy a method may lose (points) and still count as restoring.
 MAX_UNTARGETED_LOSS = 0.05
 RECOVERY_TARGET = 0.5
+#: Recovery is a ratio over the corruption's damage (clean minus corrupted target accuracy, mean
+#: over seeds); below this damage it is ill-conditioned: the paper settings' LoRA corruption
+#: takes 8-14 points here, and a few answers then move recovery by whole units.
+MIN_DAMAGE = 0.15
+#: A mean recovery above this means the unlearned models end well above the clean ones: a
+#: general gain (the retain term training the QA format; untargeted accuracy rises too), not the
+#: clean answers coming back (measured under the paper settings: 1.6-2.2).
+MAX_RECOVERY = 1.25
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,11 @@ def findings(summary: Mapping[str, Any]) -> dict[str, Any]:
     from ...metrics.intervals import paired_difference
 
     methods = summary.get("methods", {})
+    base = summary.get("baseline", {})
+    clean = (base.get("clean_target_accuracy") or {}).get("mean")
+    corrupted = (base.get("corrupted_target_accuracy") or {}).get("mean")
+    damage = None if clean is None or corrupted is None else clean - corrupted
+    ill_conditioned = damage is not None and damage < MIN_DAMAGE
     eligible = [
         (name, m)
         for name, m in methods.items()
@@ -101,14 +118,27 @@ def findings(summary: Mapping[str, Any]) -> dict[str, Any]:
         rec = m["recovery"]
         low = rec.get("ci95_low")
         holds = rec["mean"] >= RECOVERY_TARGET and low is not None and low > 0
+        if ill_conditioned:
+            verdict = (
+                f"not measurable (the corruption took only {100 * damage:.0f} points of target "
+                "accuracy: recovery is ill-conditioned)"
+            )
+        elif rec["mean"] > MAX_RECOVERY:
+            verdict = (
+                "not measurable (the unlearned models end above the clean ones: a general gain, "
+                "not restoration)"
+            )
+        else:
+            verdict = "holds" if holds else "does not hold"
         out["best_recovery"] = {
             "method": name,
             "recovery": rec,
             "untargeted_loss": m.get("untargeted_loss"),
-            "verdict": "holds" if holds else "does not hold",
+            "verdict": verdict,
         }
     else:
         out["best_recovery"] = {"verdict": "does not hold", "method": None}
+    out["damage"] = damage
     seeds = summary.get("per_seed", [])
     pair = paired_difference(
         [e["methods"].get("npo", {}).get("recovery") for e in seeds],
@@ -116,6 +146,8 @@ def findings(summary: Mapping[str, Any]) -> dict[str, Any]:
     )
     if pair["mean_difference"] is None:
         verdict = "not measured"
+    elif ill_conditioned:
+        verdict = "not measurable (too little damage)"
     elif pair["excludes_zero"]:
         verdict = "holds" if pair["mean_difference"] > 0 else "reversed (GA restores more)"
     else:
