@@ -215,9 +215,10 @@ def add_audit_options(parser: argparse.ArgumentParser, *, prefix: str = "", lrs:
         )
 
 
-def seeds_auditor_factory(args: argparse.Namespace, benchmark: str = "tinymem"):
-    """``seed_dir -> BenchmarkAuditor`` (writing under ``seed_dir/audit``) for ``--seeds
-    --audit`` with the demo's audit options, or None without ``--audit``."""
+def auditor_factory(args: argparse.Namespace, benchmark: str = "tinymem"):
+    """``run_dir -> BenchmarkAuditor`` writing under ``run_dir/audit`` with the demo's audit
+    options (one run's directory, or each seed's with ``--seeds``), or None without
+    ``--audit``."""
     if not args.audit:
         return None
     from ..audit.pipeline import DEMO_RELEARN_LRS, BenchmarkAuditor
@@ -225,8 +226,8 @@ def seeds_auditor_factory(args: argparse.Namespace, benchmark: str = "tinymem"):
 
     config = audit_config_from_args(args, prefix="audit-", default_lrs=DEMO_RELEARN_LRS)
 
-    def factory(seed_dir: Path) -> BenchmarkAuditor:
-        return BenchmarkAuditor(get_benchmark(benchmark), config, Path(seed_dir) / "audit")
+    def factory(run_dir: Path) -> BenchmarkAuditor:
+        return BenchmarkAuditor(get_benchmark(benchmark), config, Path(run_dir) / "audit")
 
     return factory
 

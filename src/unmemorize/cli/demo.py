@@ -11,11 +11,10 @@ from .common import (
     add_run_options,
     add_seeds_arg,
     add_settings_arg,
-    audit_config_from_args,
     audit_requested,
+    auditor_factory,
     format_method_table,
     resumes_seeds,
-    seeds_auditor_factory,
 )
 from .replay import add_config_option
 
@@ -67,18 +66,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     audit_requested(args)
-    auditor = None
-    if args.audit and args.seeds is None:
-        from ..audit.pipeline import DEMO_RELEARN_LRS, BenchmarkAuditor
-        from ..benchmarks import get_benchmark
-
-        config = audit_config_from_args(args, prefix="audit-", default_lrs=DEMO_RELEARN_LRS)
-        auditor = BenchmarkAuditor(get_benchmark("tinymem"), config, Path(args.out) / "audit")
+    make_auditor = auditor_factory(args)
     methods = None
     if args.methods is not None:
         methods = tuple(m.strip() for m in args.methods.split(",") if m.strip() and m != "none")
     if args.seeds is not None:
-        return _demo_seeds(args, methods, device)
+        return _demo_seeds(args, methods, device, make_auditor)
+    auditor = None if make_auditor is None else make_auditor(Path(args.out))
     print(f"unmemorize demo: training a cpu-mini TinyMem model into {args.out}/ ...")
     summary = run_demo(
         args.out,
@@ -140,7 +134,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_seeds(args: argparse.Namespace, methods, device) -> int:
+def _demo_seeds(args: argparse.Namespace, methods, device, make_auditor) -> int:
     from ..benchmarks.tinymem.seeds import format_seeds_table, run_tinymem_seeds
 
     print(
@@ -159,7 +153,7 @@ def _demo_seeds(args: argparse.Namespace, methods, device) -> int:
         overwrite=args.overwrite,
         resume=resumes_seeds(args),
         command=getattr(args, "record", None),
-        audit=seeds_auditor_factory(args),
+        audit=make_auditor,
     )
     print()
     print(format_seeds_table(summary))

@@ -12,8 +12,8 @@ from .common import (
     add_track_args,
     audit_config_from_args,
     audit_requested,
+    auditor_factory,
     resumes_seeds,
-    seeds_auditor_factory,
     tracked,
 )
 
@@ -263,7 +263,7 @@ def _sweep_seeds(args) -> int:
             overwrite=args.overwrite,
             resume=resumes_seeds(args),
             command=getattr(args, "record", None),
-            audit=seeds_auditor_factory(args),
+            audit=auditor_factory(args),
         )
     print()
     print(format_seeds_table(summary))
