@@ -111,7 +111,12 @@ def test_paper_settings_reach_every_point_and_default_changes_nothing() -> None:
     assert max(full["balanced_subnet"]["ratio"]) == 0.9
     assert full["balanced_subnet"]["epochs"] == [1, 10, 30]
     assert full["integrated_gradients"]["ig_steps"] == [20]
-    assert paper.switches == {"legacy_accuracy": True, "retain": "all", "noise_twins": "all"}
+    assert paper.switches == {
+        "legacy_accuracy": True,
+        "retain": "all",
+        "noise_twins": "all",
+        "finetune_optimizer": "resumed",
+    }
 
 
 def test_restor_paper_settings_config_and_methods() -> None:
@@ -174,3 +179,92 @@ def test_hard_concrete_checks_the_stop_every_n_epochs_only() -> None:
     )
     assert every.info["steps"] == 0 and every.info["early_stop"]
     assert tenth.info["steps"] == 10 and tenth.info["early_stop"]
+
+
+def _tiny_gpt(seed: int = 0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=20, n_positions=16, n_embd=16, n_layer=1, n_head=2, bos_token_id=0,
+        eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )  # fmt: skip
+    return GPT2LMHeadModel(config).eval()
+
+
+def test_finetune_resumes_the_training_optimizer_as_if_training_went_on() -> None:
+    """Resuming = one more step of the very optimizer that trained the model (the original's
+    recipe); a fresh AdamW takes another step. The data's state is not changed by a run."""
+    import copy
+
+    from unmemorize.methods.finetune import FinetuneConfig, finetune_rows_
+    from unmemorize.metrics.losses import sequence_losses
+
+    model = _tiny_gpt()
+    rows = torch.randint(0, 20, (8, 12), generator=torch.Generator().manual_seed(1))
+    config = FinetuneConfig(epochs=1, batch_size=8, lr=1e-3)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=config.betas
+    )
+    model.train()
+    for _ in range(3):  # "training"
+        optimizer.zero_grad()
+        sequence_losses(model, rows, None).mean().backward()
+        optimizer.step()
+    state = copy.deepcopy(optimizer.state_dict())
+    kept = copy.deepcopy(state)
+    resumed, fresh = copy.deepcopy(model), copy.deepcopy(model)
+    optimizer.zero_grad()  # training goes on for one step
+    sequence_losses(model, rows, None).mean().backward()
+    optimizer.step()
+    finetune_rows_(resumed, rows, None, config, "finetune_clean", optimizer_state=state)
+    finetune_rows_(fresh, rows, None, config, "finetune_clean")
+    pairs = list(zip(model.parameters(), resumed.parameters(), fresh.parameters(), strict=True))
+    for want, got, _ in pairs:
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+    assert any(not torch.allclose(want, other) for want, _, other in pairs)
+    for index, moments in kept["state"].items():
+        assert torch.equal(state["state"][index]["exp_avg"], moments["exp_avg"])
+    assert state["state"][0]["step"] == kept["state"][0]["step"]
+
+
+def test_finetune_refuses_an_optimizer_state_of_another_model() -> None:
+    import pytest
+
+    from unmemorize.methods.finetune import FinetuneConfig, finetune_rows_
+
+    other = torch.nn.Linear(3, 2)
+    state = torch.optim.AdamW(other.parameters()).state_dict()
+    rows = torch.randint(0, 20, (4, 12))
+    with pytest.raises(ValueError, match="not written by this model's training"):
+        finetune_rows_(
+            _tiny_gpt(), rows, None, FinetuneConfig(epochs=1), "x", optimizer_state=state
+        )
+
+
+def test_paper_settings_fine_tune_from_the_runs_final_optimizer_state(tiny_run) -> None:
+    """``--settings paper`` continues from the training checkpoint's AdamW, as the original
+    fine-tuning did; the default starts afresh; a run without its final checkpoint falls back."""
+    import shutil
+
+    from unmemorize.benchmarks.tinymem.benchmark import TinyMemBenchmark
+    from unmemorize.benchmarks.tinymem.experiment import training_optimizer_state
+    from unmemorize.benchmarks.tinymem.train import latest_checkpoint
+
+    bench = TinyMemBenchmark()
+    paper = bench.load(str(tiny_run.out), settings="paper")
+    default = bench.load(str(tiny_run.out))
+    state = paper.data.finetune_optimizer_state
+    assert state is not None and default.data.finetune_optimizer_state is None
+    final = torch.load(latest_checkpoint(tiny_run.out) / "optimizer.pt", weights_only=True)
+    assert state["state"][0]["step"] == final["state"][0]["step"] > 0
+    edit = build_method("finetune_both", {"epochs": 1}).apply(paper.model, paper.data)
+    assert edit.info["optimizer"] == "resumed from training"
+    edit = build_method("finetune_both", {"epochs": 1}).apply(default.model, default.data)
+    assert edit.info["optimizer"] == "fresh"
+
+    # a copy of the run whose final checkpoint is gone: no state, never an older epoch's
+    run = tiny_run.out.parent / "run-without-final-checkpoint"
+    shutil.copytree(tiny_run.out, run)
+    shutil.rmtree(latest_checkpoint(run))
+    assert training_optimizer_state(run) is None

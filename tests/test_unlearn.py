@@ -295,3 +295,16 @@ def test_a_diverging_method_writes_nothing(tiny_run, tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert code == 2 and ("diverged" in err or "non-finite" in err), err
     assert not out.exists()
+
+
+def test_unlearn_paper_settings_fine_tunes_from_the_training_optimizer(tiny_run, tmp_path, capsys):
+    """Issue 14: `unlearn --settings paper` fine-tunes as the original did, continuing the run's
+    training optimizer; run.json says so (the default starts a fresh AdamW)."""
+    for settings, how in (("paper", "resumed from training"), ("default", "fresh")):
+        out = tmp_path / settings
+        argv = ["unlearn", "--model", str(tiny_run.out), "--method", "finetune_clean"]
+        code = main([*argv, "--settings", settings, "--out", str(out), "--no-progress", "epochs=1"])
+        assert code == 0, capsys.readouterr()
+        record = json.loads((out / "run.json").read_text())
+        assert record["settings"] == settings
+        assert record["result"]["info"]["optimizer"] == how

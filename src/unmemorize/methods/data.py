@@ -43,6 +43,10 @@ class UnlearnData:
             held-out triggered rows that measure the attack, and the original recipe trains on
             the clean twins of the poisoned TRAINING rows), or when the recipe trains on more
             twins than the forget rows have (TinyMem's paper setting: every noised row's twin).
+        finetune_optimizer_state: the ``state_dict`` of the AdamW that trained the model (one
+            parameter group over ``model.parameters()``); the fine-tuning recipes then continue
+            from its moments and step count instead of starting a fresh AdamW, as TinyMem's
+            original fine-tuning did (``--settings paper``). None (default): a fresh optimizer.
     """
 
     forget_ids: torch.Tensor
@@ -51,6 +55,7 @@ class UnlearnData:
     forget_prefix_len: torch.Tensor | None = None
     forget_clean_ids: torch.Tensor | None = None
     finetune_clean_ids: torch.Tensor | None = None
+    finetune_optimizer_state: dict | None = field(default=None, repr=False)
     n_retain_overlap_removed: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:

@@ -7,12 +7,15 @@ Three recipes share one loop and differ only in their training rows:
 * ``finetune_both``: the union of the two.
 
 The optimizer is the TinyMem training optimizer (AdamW, lr 1e-3, weight decay 0.1, betas
-(0.9, 0.98), batch 128) and the default is the paper's 5 extra epochs. Shapes: U forget rows,
-R retain rows, N training rows, T positions.
+(0.9, 0.98), batch 128) and the default is the paper's 5 extra epochs. The original code resumed
+the training run's optimizer state; here a fresh AdamW starts unless the data carries that state
+(``UnlearnData.finetune_optimizer_state``, which TinyMem's ``--settings paper`` fills from the
+run's final checkpoint). Shapes: U forget rows, R retain rows, N training rows, T positions.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -81,6 +84,48 @@ def missing_clean_twins_error(method: str) -> ValueError:
     )
 
 
+def resume_optimizer_state_(
+    optimizer: torch.optim.Optimizer,
+    state: dict,
+    params: list[torch.nn.Parameter],
+    config: FinetuneConfig,
+) -> int:
+    """Load a training run's AdamW ``state`` into ``optimizer``; return its step count.
+
+    The moments and step counts continue (AdamW's bias correction included); the recipe's own
+    hyperparameters (``config.lr``, ``weight_decay``, ``betas``) replace the stored ones, so a
+    run trained with a decaying schedule still fine-tunes at the recipe's learning rate (the
+    original's constant 1e-3 was both).
+
+    Raises:
+        ValueError: the state was not written for this model's parameters.
+    """
+    groups = state.get("param_groups") if isinstance(state, dict) else None
+    stored = state.get("state") if isinstance(state, dict) else None
+    if not isinstance(groups, list) or not isinstance(stored, dict):
+        raise ValueError("finetune_optimizer_state is not an optimizer state_dict")
+    n_stored = sum(len(group.get("params", ())) for group in groups)
+    if len(groups) != 1 or n_stored != len(params):
+        raise ValueError(
+            f"finetune_optimizer_state holds {n_stored} parameters in {len(groups)} group(s); "
+            f"this model has {len(params)} in one: it was not written by this model's training"
+        )
+    for index, param in enumerate(params):
+        moments = stored.get(index, {})
+        exp_avg = moments.get("exp_avg")
+        if exp_avg is not None and tuple(exp_avg.shape) != tuple(param.shape):
+            raise ValueError(
+                f"finetune_optimizer_state's parameter {index} has shape {tuple(exp_avg.shape)}, "
+                f"the model's {tuple(param.shape)}: it was not written by this model's training"
+            )
+    # a copy: the loaded moments are updated in place, and the data's state serves every run
+    optimizer.load_state_dict(copy.deepcopy(state))
+    for group in optimizer.param_groups:
+        group.update(lr=config.lr, weight_decay=config.weight_decay, betas=tuple(config.betas))
+    steps = [float(m["step"]) for m in optimizer.state.values() if "step" in m]
+    return int(max(steps, default=0))
+
+
 def finetune_rows_(
     model: PreTrainedModel,
     ids: torch.Tensor,
@@ -88,16 +133,19 @@ def finetune_rows_(
     config: FinetuneConfig,
     method: str,
     progress: bool = False,
+    optimizer_state: dict | None = None,
 ) -> list[float]:
     """Train every parameter of ``model`` on ``ids`` [N, T] in place; return the loss per step.
 
     Loss per step: the mean over the batch of each row's token-mean next-token CE (pad targets
     excluded), exactly the TinyMem training loss. Rows are reshuffled every epoch from one
     generator seeded with ``config.seed``. The model trains in train mode (its configured dropout)
-    and is left in eval mode.
+    and is left in eval mode. ``optimizer_state`` (the training run's AdamW state) is resumed
+    instead of starting a fresh AdamW (:func:`resume_optimizer_state_`).
 
     Raises:
         MethodDivergedError: when a loss becomes NaN or infinite.
+        ValueError: ``optimizer_state`` does not belong to this model.
     """
     device = model_device(model)
     params = list(model.parameters())  # deduplicates tied weights (GPT-2 wte / lm_head)
@@ -106,6 +154,9 @@ def finetune_rows_(
     optimizer = adamw(
         params, lr=config.lr, weight_decay=config.weight_decay, betas=tuple(config.betas)
     )
+    if optimizer_state is not None:
+        resumed_at = resume_optimizer_state_(optimizer, optimizer_state, params, config)
+        logger.info("%s: resuming the training optimizer (step %d)", method, resumed_at)
     generator = torch.Generator().manual_seed(config.seed)
     steps_per_epoch = math.ceil(len(ids) / config.batch_size)
     bar = None
@@ -151,7 +202,10 @@ class _Finetune(Method):
         # The count of changed entries needs the starting values; a CPU copy keeps the device
         # free for the optimizer state (which is twice this size anyway).
         before = [p.detach().to("cpu", copy=True) for p in model.parameters()]
-        losses = finetune_rows_(model, rows, data.pad_id, self.config, self.name, progress)
+        resumed = data.finetune_optimizer_state
+        losses = finetune_rows_(
+            model, rows, data.pad_id, self.config, self.name, progress, optimizer_state=resumed
+        )
         changed = total = 0
         with torch.no_grad():
             for p, old in zip(model.parameters(), before, strict=True):
@@ -175,7 +229,12 @@ class _Finetune(Method):
             total,
             "parameters",
             losses,
-            info={"rows": len(rows), "steps": len(losses), "epoch_losses": epoch_losses},
+            info={
+                "rows": len(rows),
+                "steps": len(losses),
+                "epoch_losses": epoch_losses,
+                "optimizer": "fresh" if resumed is None else "resumed from training",
+            },
         )
 
 

@@ -26,6 +26,20 @@ if TYPE_CHECKING:
     from .data import TinyMemData
 
 
+def resumed_optimizer(switches: Mapping[str, Any], run_dir: str | Path | None) -> dict | None:
+    """The training optimizer state fine-tuning resumes under ``switches``, or None (fresh).
+
+    The ``finetune_optimizer`` switch is ``"fresh"`` (default) or ``"resumed"`` (the original
+    recipe, ``--settings paper``): the run's final checkpoint's AdamW state, when ``run_dir``
+    keeps one.
+    """
+    if switches.get("finetune_optimizer", "fresh") != "resumed" or run_dir is None:
+        return None
+    from .experiment import training_optimizer_state
+
+    return training_optimizer_state(run_dir)
+
+
 @dataclass
 class TinyMemState:
     """What judging an edit of a TinyMem model needs beyond the model.
@@ -85,11 +99,15 @@ class TinyMemBenchmark(Benchmark):
         data: TinyMemData,
         settings: str | None = None,
         tokenizer: Any = None,
+        *,
+        run_dir: str | Path | None = None,
     ) -> Prepared:
         """The unlearning sets and baseline of ``model`` on its run's ``data``.
 
-        ``settings`` (``default`` / ``paper``) picks the retain set, the fine-tuning twins and the
-        accuracy form (:mod:`unmemorize.benchmarks.tinymem.settings`).
+        ``settings`` (``default`` / ``paper``) picks the retain set, the fine-tuning twins, the
+        accuracy form and whether fine-tuning resumes the training optimizer
+        (:mod:`unmemorize.benchmarks.tinymem.settings`), which is read from ``run_dir`` (the
+        run directory ``model`` was trained in; without it fine-tuning starts afresh).
 
         Raises:
             NothingToUnlearnError: when the model memorizes none of the candidates.
@@ -104,6 +122,7 @@ class TinyMemBenchmark(Benchmark):
             data,
             retain=switches.get("retain", "clean"),
             noise_twins=switches.get("noise_twins", "memorized"),
+            optimizer_state=resumed_optimizer(switches, run_dir),
         )
         forget_index = report.memorized_indices()
         baseline = evaluate_edit(model, data, forget_index, report, legacy_accuracy=legacy)
@@ -119,7 +138,7 @@ class TinyMemBenchmark(Benchmark):
         if data is None:
             raise ValueError(f"{model_dir} has no TinyMem data/ directory")
         model.to(device)
-        return self.prepare(model, data, settings, tokenizer)
+        return self.prepare(model, data, settings, tokenizer, run_dir=model_dir)
 
     def check_base(self, base: Mapping[str, Any]) -> None:
         from .experiment import make_experiment

@@ -339,6 +339,33 @@ def load_run(
     return model, tokenizer, data
 
 
+def training_optimizer_state(run_dir: str | Path) -> dict | None:
+    """The AdamW state the run's training ended with (its final checkpoint's), or None.
+
+    TinyMem's original fine-tuning continued from the training checkpoint, optimizer included
+    (``--settings paper``). None when ``run_dir`` keeps no checkpoint of the final epoch: not a
+    finished ``unmemorize train`` run, or its last checkpoints were deleted; the fine-tuning
+    recipes then start a fresh AdamW.
+    """
+    run_dir = Path(run_dir)
+    last = latest_checkpoint(run_dir)
+    if last is None or not (last / "optimizer.pt").is_file() or not is_finished_run(run_dir):
+        return None
+    epoch = read_json(last / "trainer_state.json").get("epoch")
+    written = run_dir / "experiment.json"
+    final = read_json(written).get("train", {}).get("epochs") if written.is_file() else None
+    if epoch != final:
+        log.warning(
+            "%s: the newest checkpoint is epoch %s, not the final epoch %s; fine-tuning starts "
+            "a fresh optimizer",
+            run_dir,
+            epoch,
+            final,
+        )
+        return None
+    return torch.load(last / "optimizer.pt", map_location="cpu", weights_only=True)
+
+
 def evaluate_edit(
     model: PreTrainedModel,
     data: TinyMemData,
@@ -376,6 +403,7 @@ def run_methods(
     progress: bool = True,
     settings: str | None = None,
     audit: Auditor | None = None,
+    run_dir: str | Path | None = None,
 ) -> tuple[dict, list[dict]]:
     """Apply every point of ``space`` to ``model`` and measure each edited model.
 
@@ -386,6 +414,8 @@ def run_methods(
             method the space does not name runs once, with its defaults.
         settings: ``default`` or ``paper`` (:mod:`unmemorize.benchmarks.tinymem.settings`): the
             method defaults under every point, the retain set and the accuracy form.
+        run_dir: the run directory ``model`` was trained in (the paper settings' fine-tuning
+            resumes its training optimizer from there).
 
     Returns:
         ``(baseline, runs)``: the unedited model's metrics and one row per configuration (method,
@@ -399,7 +429,7 @@ def run_methods(
 
     bench = TinyMemBenchmark()
     chosen = bench.get_settings(settings)
-    prepared = bench.prepare(model, data, chosen.name)
+    prepared = bench.prepare(model, data, chosen.name, run_dir=run_dir)
     kept = BestEdits() if audit is not None else None
     runs = run_jobs(
         grid_jobs(bench.space() if space is None else space, methods, chosen),
@@ -493,6 +523,7 @@ def run_demo(
             progress=progress,
             settings=chosen.name,
             audit=timed_audit,
+            run_dir=run.out,
         )
     except NothingToUnlearnError as err:
         log.warning("%s", err)
@@ -526,5 +557,6 @@ __all__ = [
     "make_experiment",
     "run_demo",
     "run_methods",
+    "training_optimizer_state",
     "train_experiment",
 ]

@@ -144,7 +144,9 @@ def run_tinymem_seeds(
                     and (recorded != _auditor_config(auditor))
                 ):
                     model, tokenizer, data = load_run(seed_dir / "model")
-                    prepared = bench.prepare(model.to(device), data, chosen.name, tokenizer)
+                    prepared = bench.prepare(
+                        model.to(device), data, chosen.name, tokenizer, run_dir=seed_dir / "model"
+                    )
                     _, test = bench.split(prepared, seed=s)
                     _audit_chosen(bench, prepared, test, previous, auditor)
                     atomic_write_json(result_file, previous)
@@ -172,7 +174,7 @@ def run_tinymem_seeds(
             "base_metrics": read_json(model_dir / "run.json").get("metrics", {}),
         }
         try:
-            prepared = bench.prepare(model, data, chosen.name, tokenizer)
+            prepared = bench.prepare(model, data, chosen.name, tokenizer, run_dir=model_dir)
         except NothingToUnlearnError as err:
             log.warning("seed %d: %s", s, err)
             entry.update({"skipped": str(err), "baseline": {}, "methods": {}, "runs": []})

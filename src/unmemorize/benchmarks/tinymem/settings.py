@@ -12,7 +12,8 @@
 * switches: pad-included accuracy (``legacy_accuracy``, the original ``neuron_utils.py``), the
   original retain set (every training row, noised / poisoned ones included, ``retain="all"``), and
   the original fine-tuning recipe (the clean twins of ALL noised training rows,
-  ``noise_twins="all"``).
+  ``noise_twins="all"``, continuing from the training run's optimizer state,
+  ``finetune_optimizer="resumed"``).
 
 Which original bugs ``paper`` does not reproduce is :data:`NOT_REPRODUCED` (also in the README).
 """
@@ -34,7 +35,6 @@ NOT_REPRODUCED = (
     "guard)",
     "example-tied dropout drops MLP units (the original masked token positions and its mask "
     "table stayed zero after the first batch)",
-    "the fine-tuning optimizer starts fresh: runs do not store the training optimizer state",
 )
 
 PAPER = Settings(
@@ -64,7 +64,12 @@ PAPER = Settings(
         "greedy": {"count_over": "all"},
     },
     spaces={"demo": "paper-demo", "cpu-mini": "paper", "paper": "paper"},
-    switches={"legacy_accuracy": True, "retain": "all", "noise_twins": "all"},
+    switches={
+        "legacy_accuracy": True,
+        "retain": "all",
+        "noise_twins": "all",
+        "finetune_optimizer": "resumed",
+    },
     not_reproduced=NOT_REPRODUCED,
 )
 

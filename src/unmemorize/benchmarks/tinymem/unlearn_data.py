@@ -39,6 +39,7 @@ def tinymem_unlearn_data(
     batch_size: int = 512,
     retain: str = "clean",
     noise_twins: str = "memorized",
+    optimizer_state: dict | None = None,
 ) -> tuple[UnlearnData, MemorizationReport]:
     """Build the unlearning sets of a TinyMem run from what ``model`` memorizes now.
 
@@ -51,7 +52,9 @@ def tinymem_unlearn_data(
     The clean fine-tuning rows (``finetune_clean_ids``) are never evaluation rows: for backdoors
     the clean twins of the poisoned TRAINING rows (the forget rows are the held-out rows the attack
     success rate is measured on); for noise the twins of the memorized rows, or of every noised
-    training row with ``noise_twins="all"`` (the original recipe).
+    training row with ``noise_twins="all"`` (the original recipe). ``optimizer_state`` (the run's
+    training optimizer, :func:`~unmemorize.benchmarks.tinymem.experiment.training_optimizer_state`)
+    makes the fine-tuning recipes continue from it, as the original did.
 
     Raises:
         NothingToUnlearnError: when the model memorizes none of the candidates.
@@ -94,6 +97,7 @@ def tinymem_unlearn_data(
             forget_prefix_len=mem.prefix_len,
             forget_clean_ids=forget_clean,
             finetune_clean_ids=finetune_clean,
+            finetune_optimizer_state=optimizer_state,
         ),
         report,
     )
