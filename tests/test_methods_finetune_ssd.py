@@ -159,7 +159,12 @@ def test_ssd_importance_matches_a_hand_computation() -> None:
         for e, p in zip(expected, params, strict=True):
             e += p.grad**2
     for e, g in zip(expected, got, strict=True):
-        torch.testing.assert_close(g, e / 3, rtol=1e-4, atol=1e-12)
+        # Losses are float32 (metrics/losses.py), so a squared gradient that is a small
+        # difference of large terms carries the rounding of the larger entries: the absolute
+        # tolerance is float32 resolution at the tensor's scale. (A fixed 1e-12 failed on one
+        # thread: 1.4e-12 off on an entry of 3e-9 whose tensor reaches far above it.)
+        atol = 1e-6 * float(e.abs().max()) / 3
+        torch.testing.assert_close(g, e / 3, rtol=1e-4, atol=atol)
     assert any(g.abs().sum() > 0 for g in got)
 
 
@@ -250,9 +255,11 @@ def test_ssd_mlp_only_touches_only_mlp_matrices() -> None:
 
 def test_ssd_lowers_memorization_on_tiny_run(tiny_run) -> None:
     # Equal batches for both passes (batch = the forget set) keep the importance scales
-    # comparable; measured: 5 -> 1 memorized, accuracy 0.880 -> 0.862.
+    # comparable. The tiny run's weights depend on the thread count, so alpha is one that works
+    # for both; measured: 10 -> 3 memorized, accuracy 0.897 -> 0.877 (one thread), 10 -> 1,
+    # 0.895 -> 0.862 (two); alpha 15 left 7 of 10 on one thread.
     before, after = unlearn_tiny_run(
-        tiny_run, "ssd", lambda data: [f"batch_size={data.n_forget}", "selection_weight=15"]
+        tiny_run, "ssd", lambda data: [f"batch_size={data.n_forget}", "selection_weight=12"]
     )
     assert after["n_memorized"] <= before["n_memorized"] // 2
     assert after["accuracy"] > before["accuracy"] - 0.06
