@@ -109,7 +109,7 @@ def prepare(
         NothingToUnlearnError: the model memorizes none of the forget candidates.
         ValueError / FileNotFoundError / ModelDirError: bad inputs, with how to fix them.
     """
-    from .benchmarks.tinymem.benchmark import TinyMemBenchmark, resumed_optimizer
+    from .benchmarks.tinymem.benchmark import TinyMemBenchmark, unlearn_data_options
     from .benchmarks.tinymem.experiment import load_run
     from .benchmarks.tinymem.train import evaluate as evaluate_tinymem
 
@@ -141,9 +141,7 @@ def prepare(
             model,
             run_data,
             batch_size=batch_size,
-            retain=switches.get("retain", "clean"),
-            noise_twins=switches.get("noise_twins", "memorized"),
-            optimizer_state=resumed_optimizer(switches, model_dir),
+            **unlearn_data_options(switches, model_dir),
         )
         if retain is not None:
             data = dataclasses.replace(

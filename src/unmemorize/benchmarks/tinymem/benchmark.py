@@ -26,18 +26,26 @@ if TYPE_CHECKING:
     from .data import TinyMemData
 
 
-def resumed_optimizer(switches: Mapping[str, Any], run_dir: str | Path | None) -> dict | None:
-    """The training optimizer state fine-tuning resumes under ``switches``, or None (fresh).
+def unlearn_data_options(
+    switches: Mapping[str, Any], run_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """The options of :func:`~.unlearn_data.tinymem_unlearn_data` that settings' ``switches`` pick.
 
-    The ``finetune_optimizer`` switch is ``"fresh"`` (default) or ``"resumed"`` (the original
-    recipe, ``--settings paper``): the run's final checkpoint's AdamW state, when ``run_dir``
-    keeps one.
+    ``retain`` and ``noise_twins`` as the switches say (defaults ``"clean"``, ``"memorized"``);
+    ``optimizer_state``: with the ``finetune_optimizer`` switch ``"resumed"`` (the original
+    recipe, ``--settings paper``) the AdamW state of ``run_dir``'s final checkpoint, when it keeps
+    one; otherwise None (fine-tuning starts a fresh AdamW).
     """
-    if switches.get("finetune_optimizer", "fresh") != "resumed" or run_dir is None:
-        return None
-    from .experiment import training_optimizer_state
+    state = None
+    if switches.get("finetune_optimizer", "fresh") == "resumed" and run_dir is not None:
+        from .experiment import training_optimizer_state
 
-    return training_optimizer_state(run_dir)
+        state = training_optimizer_state(run_dir)
+    return {
+        "retain": switches.get("retain", "clean"),
+        "noise_twins": switches.get("noise_twins", "memorized"),
+        "optimizer_state": state,
+    }
 
 
 @dataclass
@@ -118,11 +126,7 @@ class TinyMemBenchmark(Benchmark):
         switches = self.get_settings(settings).switches
         legacy = bool(switches.get("legacy_accuracy", False))
         unlearn_data, report = tinymem_unlearn_data(
-            model,
-            data,
-            retain=switches.get("retain", "clean"),
-            noise_twins=switches.get("noise_twins", "memorized"),
-            optimizer_state=resumed_optimizer(switches, run_dir),
+            model, data, **unlearn_data_options(switches, run_dir)
         )
         forget_index = report.memorized_indices()
         baseline = evaluate_edit(model, data, forget_index, report, legacy_accuracy=legacy)
